@@ -1,0 +1,108 @@
+"""The `runner` command line.
+
+Every command imports what it needs inside its own function, so `runner --help` loads only click. User mistakes
+raise `RunnerError` subclasses, which click prints as a message with the fix, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from . import __version__
+
+
+def plan_options(func):
+    """Options that choose a plan: shared by `plan` and `node run`."""
+
+    @click.option("--recipe", default="seed", show_default=True, help="nanochat pin: seed (a1ccb3d) or latest (92d63d4).")
+    @click.option("--model", default=None, help="d12, d20, d26, d32 or smoke (default: the recipe's, d20 for seed).")
+    @click.option("--depth", type=int, default=None, help="Any other depth instead of --model.")
+    @click.option("--gpus", type=int, default=None, help="GPUs per node: 1, 2, 4 or 8 (default 8; smoke: 1).")
+    @click.option("--gpu-type", default="H100", show_default=True, help="H100, H200, A100-80GB or B200 (prices.toml).")
+    @click.option("--with-rl", is_flag=True, help="Add the optional RL phase (GSM8K).")
+    @click.option("--wandb-run", default=None, help="wandb run name (default: the run id when WANDB_API_KEY is set, else dummy).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run):
+    """Build a plan; the wandb run is named after the run id when a wandb key is present, else disabled."""
+    from .plan import build_plan
+
+    the_plan = build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run or "dummy")
+    if wandb_run is None and os.environ.get("WANDB_API_KEY"):
+        the_plan = build_plan(recipe, model, depth, gpus, gpu_type, with_rl, the_plan.run_id, run_id=the_plan.run_id)
+    return the_plan
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RUNNER"})
+@click.version_option(__version__, prog_name="runner")
+def main():
+    """Run Karpathy's nanochat speedrun on any GPUs: plan it, run it on a node, keep every artifact in storage."""
+
+
+@main.command(short_help="Show the phases, commands, hours and dollars of a run; spends nothing.")
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the input of `runner node run --plan`).")
+def plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, as_json):
+    """Build the plan for a recipe × model × GPU count and show what it will run and cost."""
+    the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
+    if as_json:
+        click.echo(the_plan.to_json())
+        return
+    from .plan_view import print_plan
+
+    print_plan(the_plan)
+
+
+@main.group(short_help="Commands that run on the GPU node itself.")
+def node():
+    """Commands that run on the GPU node (inside the image, or on a bare host)."""
+
+
+@node.command("run", short_help="Run a plan's phases against a storage URL (the node agent).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json`; without it, a plan is built from the plan options.")
+@plan_options
+@click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="Where everything lives: a path, file://, s3://bucket/prefix or memory://.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable).")
+@click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR, set by the image).")
+@click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies (default: the checkout's .venv).")
+@click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Fast local disk for NANOCHAT_BASE_DIR and caches (default: /scratch if writable, else a temp dir).")
+@click.option("--run-id", default=None, help="Name of this run in storage (default: the plan's).")
+@click.option("--offline", is_flag=True, help="Download nothing: skip the steps whose pre-seeded files are missing, and say which.")
+@click.option("--force", is_flag=True, help="Run every selected phase even when its marker says it is done.")
+@click.option("--from", "from_phase", default=None, metavar="PHASE", help="Run PHASE and every phase after it, even if done.")
+@click.option("--only", "only_phase", default=None, metavar="PHASE", help="Run only PHASE (its inputs must be in storage).")
+@click.option("--heartbeat-sec", type=float, default=60.0, show_default=True, help="Print a heartbeat after this many seconds of silence.")
+def node_run(plan_file, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, storage, storage_options,
+             nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase, heartbeat_sec):
+    """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
+    from .node import NodeOptions, run_node
+    from .plan import Plan
+
+    the_plan = Plan.load(plan_file) if plan_file else make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
+    options = NodeOptions(
+        storage=storage,
+        storage_options=list(storage_options),
+        nanochat_dir=nanochat_dir,
+        python=python_exe,
+        scratch=scratch,
+        run_id=run_id or the_plan.run_id,
+        offline=offline,
+        force=force,
+        from_phase=from_phase,
+        only_phase=only_phase,
+        heartbeat_sec=heartbeat_sec,
+    )
+    sys.exit(run_node(the_plan, options))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,249 @@
+"""Plans: a recipe × a model size × a GPU count, resolved into exact commands.
+
+A plan is plain JSON that the node agent executes unchanged on any backend, so it carries everything the node
+needs (commands, storage paths, pre-seed sources) and nothing about the laptop. `build_plan` refuses what cannot
+work (an unknown model, an unsupported GPU count, a flag the pin lacks) before anything is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import model as model_math
+from .errors import PlanError
+from .recipes import DEFAULT_RECIPE, check_args, load_recipe
+
+PLAN_VERSION = 1
+SUPPORTED_GPU_COUNTS = (1, 2, 4, 8)
+PRESET_DEPTHS = {"d12": 12, "d20": 20, "d26": 26, "d32": 32}
+SMOKE = "smoke"
+SMOKE_TOKENS_PER_GPU = 512  # smoke base/mid training: device batch 1 × sequence 512 per process
+
+
+@dataclass
+class Step:
+    name: str
+    module: str
+    args: list[str]
+    nproc: int = 1  # >1: launched with torchrun
+    critical: bool = True  # False: a failure is recorded and the run goes on (evaluations)
+    uses: list[str] = field(default_factory=list)  # pre-seeded items
+    offline: str = "fail"  # fail | skip | without: what --offline does when a `uses` item is missing
+    without: list[str] = field(default_factory=list)
+    verify: str = ""  # "shards": count and check the data shards afterwards
+    skip_if: str = ""  # "shards": skip the command when storage already holds every shard
+
+    def display(self) -> str:
+        args = " ".join(self.args)
+        if self.nproc > 1:
+            return f"torchrun --standalone --nproc_per_node={self.nproc} -m {self.module} -- {args}".rstrip()
+        return f"python -m {self.module} {args}".rstrip()
+
+
+@dataclass
+class Phase:
+    name: str
+    needs: list[str]
+    makes: list[str]
+    steps: list[Step]
+    prestage: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    recipe: str
+    commit: str
+    model: str
+    depth: int
+    gpus: int
+    gpu_type: str
+    smoke: bool
+    with_rl: bool
+    wandb_run: str
+    shape: dict
+    data: dict
+    preseed: dict
+    phases: list[Phase]
+    run_id: str = ""
+    version: int = PLAN_VERSION
+
+    @property
+    def model_tag(self) -> str:
+        return f"d{self.depth}"
+
+    def phase(self, name: str) -> Phase:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise PlanError(f"This plan has no phase {name!r}.", [f"Use one of: {', '.join(self.phase_names())}."])
+
+    def phase_names(self) -> list[str]:
+        return [p.name for p in self.phases]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Plan":
+        if raw.get("version") != PLAN_VERSION:
+            raise PlanError(
+                f"This plan has version {raw.get('version')}, this runner reads version {PLAN_VERSION}.",
+                ["Make the plan again with this runner: `runner plan --json > plan.json`."],
+            )
+        phases = [Phase(**{**p, "steps": [Step(**s) for s in p["steps"]]}) for p in raw["phases"]]
+        return cls(**{**raw, "phases": phases})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PlanError(f"No plan file at {path}.", ["Write one with `runner plan --json > plan.json`."])
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path} is not valid JSON ({e}).", ["Write it again with `runner plan --json`."])
+        try:
+            return cls.from_dict(raw)
+        except (KeyError, TypeError) as e:
+            raise PlanError(f"{path} is not a runner plan ({e}).", ["Write it with `runner plan --json`."])
+
+
+def parse_model(model: str | None, depth: int | None, recipe: dict) -> tuple[str, int, bool]:
+    """(model name, depth, smoke?) from `--model d20|smoke` or `--depth N`."""
+    if depth is not None and model is not None:
+        raise PlanError("Give either --model or --depth, not both.", ["Drop one of them."])
+    if depth is not None:
+        if not 1 <= depth <= 64:
+            raise PlanError(f"--depth {depth} is out of range.", ["Use a depth between 1 and 64 (d20 is the $100 run)."])
+        return f"d{depth}", depth, False
+    model = model or recipe["default_model"]
+    if model == SMOKE:
+        return SMOKE, recipe["smoke"]["depth"], True
+    if model in PRESET_DEPTHS:
+        return model, PRESET_DEPTHS[model], False
+    raise PlanError(
+        f"Unknown model {model!r}.",
+        [f"Use one of: {', '.join([*PRESET_DEPTHS, SMOKE])}, or --depth N for any other depth."],
+    )
+
+
+def check_gpus(gpus: int) -> None:
+    if gpus not in SUPPORTED_GPU_COUNTS:
+        raise PlanError(
+            f"--gpus {gpus} is not supported.",
+            [
+                "Use 1, 2, 4 or 8: nanochat's total batch (524,288 tokens) must divide by device batch × "
+                "sequence length × GPU count, which holds only for powers of two up to 8.",
+            ],
+        )
+
+
+def new_run_id(model: str, recipe: str, gpus: int) -> str:
+    return f"{recipe}-{model}-{gpus}gpu-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _fill(template: str, values: dict) -> str:
+    def sub(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise PlanError(f"Recipe placeholder {{{key}}} is unknown.", ["Fix the recipe file."])
+        return str(values[key])
+
+    return re.sub(r"\{(\w+)\}", sub, template)
+
+
+def build_plan(
+    recipe_name: str = DEFAULT_RECIPE,
+    model: str | None = None,
+    depth: int | None = None,
+    gpus: int | None = None,
+    gpu_type: str = "H100",
+    with_rl: bool = False,
+    wandb_run: str = "dummy",
+    run_id: str | None = None,
+) -> Plan:
+    from .estimate import gpu_facts
+
+    recipe = load_recipe(recipe_name)
+    model_name, depth_value, smoke = parse_model(model, depth, recipe)
+    gpus = gpus if gpus is not None else (1 if smoke else 8)
+    check_gpus(gpus)
+    gpu = gpu_facts(gpu_type)
+    shape = model_math.derive_shape(depth_value, recipe["model"], recipe["data"], gpu["memory_gib"])
+    if shape.device_batch_size == 0:
+        raise PlanError(
+            f"{model_name} does not fit in {gpu['memory_gib']} GB of GPU memory even at device batch size 1 "
+            f"(about {shape.est_memory_gib} GiB needed).",
+            ["Choose a smaller model (--model d20) or a GPU with more memory (--gpu-type H200)."],
+        )
+    shards = recipe["smoke"]["shards"] if smoke else shape.shards_to_download
+    values = {
+        "depth": depth_value,
+        "model_tag": f"d{depth_value}",
+        "data_ratio": recipe["model"]["data_ratio"],
+        "device_batch_size": shape.device_batch_size,
+        "shards": shards,
+        "wandb_run": wandb_run,
+        "smoke_batch_tokens": SMOKE_TOKENS_PER_GPU * gpus,
+    }
+    phases: list[Phase] = []
+    problems: list[str] = []
+    for raw_phase in recipe["phase"]:
+        if raw_phase.get("optional") and not with_rl:
+            continue
+        steps = []
+        for raw in raw_phase["step"]:
+            args = raw["smoke"] if smoke and "smoke" in raw else raw["args"]
+            step = Step(
+                name=raw["name"],
+                module=raw["module"],
+                args=[_fill(a, values) for a in args],
+                nproc=gpus if raw.get("gpus") == "all" else 1,
+                critical=raw.get("critical", True),
+                uses=list(raw.get("uses", [])),
+                offline=raw.get("offline", "fail"),
+                without=[_fill(a, values) for a in raw.get("without", [])],
+                verify=raw.get("verify", ""),
+                skip_if=raw.get("skip_if", ""),
+            )
+            for args_variant in (step.args, step.args + step.without):
+                problems += check_args(step.module, args_variant, recipe["flag_table"], recipe["commit"])
+            steps.append(step)
+        phases.append(
+            Phase(
+                name=raw_phase["name"],
+                needs=[_fill(p, values) for p in raw_phase["needs"]],
+                makes=[_fill(p, values) for p in raw_phase["makes"]],
+                prestage=[_fill(p, values) for p in raw_phase.get("prestage", [])],
+                steps=steps,
+            )
+        )
+    if problems:
+        raise PlanError(
+            "The recipe generates arguments that nanochat at this pin would refuse:\n  "
+            + "\n  ".join(sorted(set(problems))),
+            ["Fix the recipe file so every flag exists in its flag table (runner/recipes/flags-*.json)."],
+        )
+    data = dict(recipe["data"], shards=shards)
+    return Plan(
+        recipe=recipe_name,
+        commit=recipe["commit"],
+        model=model_name,
+        depth=depth_value,
+        gpus=gpus,
+        gpu_type=gpu_type,
+        smoke=smoke,
+        with_rl=with_rl,
+        wandb_run=wandb_run,
+        shape=shape.to_dict(),
+        data=data,
+        preseed={name: dict(item) for name, item in recipe.get("preseed", {}).items()},
+        phases=phases,
+        run_id=run_id or new_run_id(model_name, recipe_name, gpus),
+    )
