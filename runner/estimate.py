@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRICES_FILE = Path(__file__).with_name("prices.toml")
-D20_PARAMS = 560_988_160  # the reference size the fixed-cost assumptions below were stated for
+D20_PARAMS = 477_102_080  # d20's matmul parameters: the size the fixed-cost assumptions below were stated for
 # Work that is not base pretraining, stated for d20 on 8 GPUs and scaled by parameters / D20_PARAMS.
 MID_TRAINING_TOKENS = 0.4e9  # SmolTalk + MMLU aux + GSM8K + identity, roughly one epoch
 SFT_GPU_HOURS_AT_D20 = 8 * 0.15
@@ -60,7 +60,7 @@ def _gpu_hours_to_hours(gpu_hours_at_d20: float, params: int, gpus: int) -> floa
 def estimate_phases(plan) -> list[PhaseEstimate]:
     a = prices()["assumptions"]
     gpu = gpu_facts(plan.gpu_type)
-    params = plan.shape["params_total"]
+    params = plan.shape["params_matmul"]
     flops_per_second = plan.gpus * gpu["peak_bf16_tflops"] * 1e12 * a["mfu"]
     out = []
     for phase in plan.phases:
@@ -91,7 +91,7 @@ def assumptions(plan) -> list[str]:
     a = prices()["assumptions"]
     gpu = gpu_facts(plan.gpu_type)
     lines = [
-        f"base training FLOPs = 6 × {plan.shape['params_total']:,} params × {plan.shape['training_tokens']:,} tokens "
+        f"base training FLOPs = 6 × {plan.shape['params_matmul']:,} matmul params × {plan.shape['training_tokens']:,} tokens "
         f"(data:param ratio {plan.shape['data_ratio']}) at MFU {a['mfu']:.0%} of {gpu['peak_bf16_tflops']} TFLOPS "
         f"bf16 per {plan.gpu_type}",
         f"mid-training ≈ {MID_TRAINING_TOKENS / 1e9:.1f}B tokens; SFT, RL and evaluations scaled from d20 by parameter count",

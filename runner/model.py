@@ -33,6 +33,7 @@ class ModelShape:
     n_heads: int
     vocab_size: int
     params_total: int
+    params_matmul: int  # the weights tokens are multiplied with (no embedding lookups): 6 × this = FLOPs/token
     params_for_data_ratio: int
     data_ratio: float
     training_tokens: int
@@ -56,21 +57,32 @@ def model_dim_for(depth: int, arch: dict) -> int:
 
 def parameter_counts(depth: int, arch: dict) -> tuple[int, int]:
     """(all parameters, the parameters base_train multiplies by --target_param_data_ratio)."""
+    total, counted, _ = _counts(depth, arch)
+    return total, counted
+
+
+def matmul_parameters(depth: int, arch: dict) -> int:
+    return _counts(depth, arch)[2]
+
+
+def _counts(depth: int, arch: dict) -> tuple[int, int, int]:
     d = model_dim_for(depth, arch)
     pad = arch.get("pad_vocab_to", 1)
     vocab = ((arch["vocab_size"] + pad - 1) // pad) * pad
     matrices = 12 * d * d * depth  # attention q,k,v,o (4·d²) + MLP (8·d²) per layer
     embedding = vocab * d  # token embedding (wte)
     unembedding = vocab * d  # lm_head, untied in every pin we support
-    value_embeds = arch.get("value_embed_layers_fraction", 0.0) * depth * vocab * d
+    # `latest` gives every other layer (ending with the last) a value embedding: ceil(depth / 2) tables.
+    value_embeds = (math.ceil(depth / 2) if arch.get("value_embeds") == "alternate_layers" else 0) * vocab * d
     total = int(matrices + embedding + unembedding + value_embeds)
     counted = {"all": total, "matrices+lm_head": matrices + unembedding}[arch["data_ratio_counts"]]
-    return total, int(counted)
+    return total, int(counted), int(matrices + unembedding)
 
 
 def activation_bytes_per_token(depth: int, arch: dict) -> float:
     d = model_dim_for(depth, arch)
-    return depth * d * ACTIVATION_BYTES_PER_TOKEN_LAYER_WIDTH + arch["vocab_size"] * LOGIT_BYTES_PER_TOKEN_VOCAB
+    per_layer = arch.get("activation_bytes_per_token_layer_width", ACTIVATION_BYTES_PER_TOKEN_LAYER_WIDTH)
+    return depth * d * per_layer + arch["vocab_size"] * LOGIT_BYTES_PER_TOKEN_VOCAB
 
 
 def training_memory_gib(depth: int, device_batch_size: int, arch: dict) -> float:
@@ -108,6 +120,7 @@ def derive_shape(depth: int, arch: dict, data: dict, gpu_memory_gib: float) -> M
         n_heads=d // arch["head_dim"],
         vocab_size=arch["vocab_size"],
         params_total=total,
+        params_matmul=matmul_parameters(depth, arch),
         params_for_data_ratio=counted,
         data_ratio=arch["data_ratio"],
         training_tokens=tokens,

@@ -19,9 +19,10 @@ from .recipes import DEFAULT_RECIPE, check_args, load_recipe
 
 PLAN_VERSION = 1
 SUPPORTED_GPU_COUNTS = (1, 2, 4, 8)
-PRESET_DEPTHS = {"d12": 12, "d20": 20, "d26": 26, "d32": 32}
+PRESET_DEPTHS = {"d12": 12, "d20": 20, "d24": 24, "d26": 26, "d32": 32}
 SMOKE = "smoke"
-SMOKE_TOKENS_PER_GPU = 512  # smoke base/mid training: device batch 1 × sequence 512 per process
+SMOKE_TOKENS_PER_GPU = 1024  # smoke base/mid training: device batch 1 × sequence 1024 per process
+FP8_GPUS = {"H100", "H200", "B200"}  # nanochat's --fp8 needs Hopper or newer
 
 
 @dataclass
@@ -158,6 +159,11 @@ def _fill(template: str, values: dict) -> str:
     return re.sub(r"\{(\w+)\}", sub, template)
 
 
+def _fill_all(templates: list[str], values: dict) -> list[str]:
+    """Fill every argument; one that renders empty (an optional switch such as {fp8}) is dropped."""
+    return [filled for filled in (_fill(t, values) for t in templates) if filled]
+
+
 def build_plan(
     recipe_name: str = DEFAULT_RECIPE,
     model: str | None = None,
@@ -191,6 +197,10 @@ def build_plan(
         "shards": shards,
         "wandb_run": wandb_run,
         "smoke_batch_tokens": SMOKE_TOKENS_PER_GPU * gpus,
+        "smoke_eval_tokens": 2 * SMOKE_TOKENS_PER_GPU * gpus,
+        "smoke_sft_batch_tokens": 2 * SMOKE_TOKENS_PER_GPU * gpus,
+        "gpus": gpus,
+        "fp8": "--fp8" if gpu_type in FP8_GPUS else "",
     }
     phases: list[Phase] = []
     problems: list[str] = []
@@ -203,12 +213,12 @@ def build_plan(
             step = Step(
                 name=raw["name"],
                 module=raw["module"],
-                args=[_fill(a, values) for a in args],
+                args=_fill_all(args, values),
                 nproc=gpus if raw.get("gpus") == "all" else 1,
                 critical=raw.get("critical", True),
                 uses=list(raw.get("uses", [])),
                 offline=raw.get("offline", "fail"),
-                without=[_fill(a, values) for a in raw.get("without", [])],
+                without=_fill_all(raw.get("without", []), values),
                 verify=raw.get("verify", ""),
                 skip_if=raw.get("skip_if", ""),
             )

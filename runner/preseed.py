@@ -1,0 +1,138 @@
+"""Pre-seeding: files nanochat would download lazily mid-run are put into storage before any training starts.
+
+nanochat fetches the CORE eval bundle at base_train's first CORE evaluation (no retry, no timeout: a DNS blip
+there has killed multi-hour runs), curls the identity conversations, lets tok_eval fetch tiktoken encodings and
+the chat phases fetch HuggingFace datasets. Here each item is fetched once, with retries and timeouts, into
+storage; later runs and air-gapped clusters find it there and touch no network. Items come from the recipe:
+`url` (optionally unzipped) or `python` (a snippet run with nanochat's interpreter, filling the cache folder
+named by `env_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenacity import retry, stop_after_attempt, wait_exponential
+
+from .errors import PreseedError
+
+DOWNLOAD_TIMEOUT_SEC = 60  # per socket operation, not for the whole file
+PYTHON_TIMEOUT_SEC = 2 * 3600
+ATTEMPTS = 4
+
+
+@dataclass
+class Item:
+    name: str
+    spec: dict
+
+    @property
+    def path(self) -> str:
+        """Where the item lives in storage."""
+        return self.spec["path"]
+
+    def local(self, base_dir: Path, cache_dir: Path) -> Path:
+        """Where a phase expects it: a cache folder named by an env var, or nanochat's own name in the base dir."""
+        if self.spec.get("cache"):
+            return cache_dir / Path(self.path).name
+        return base_dir / self.path
+
+    def env(self, base_dir: Path, cache_dir: Path) -> dict:
+        if not self.spec.get("cache"):
+            return {}
+        return {self.spec["env_dir"]: str(self.local(base_dir, cache_dir)), **self.spec.get("offline_env", {})}
+
+    def how_to_provide(self, storage_url: str) -> str:
+        target = f"{storage_url.rstrip('/')}/{self.path}"
+        if "url" in self.spec:
+            unzip = ", unzipped," if self.spec.get("unzip") else ""
+            return f"{self.name}: download {self.spec['url']}{unzip} and copy it to {target}"
+        env_dir = self.spec.get("env_dir", "CACHE_DIR")
+        return f"{self.name}: run nanochat's python with {env_dir}=/some/dir and this code, then copy /some/dir to {target}:\n" + "\n".join(
+            "        " + line for line in self.spec["python"].strip().splitlines()
+        )
+
+
+def items(plan) -> dict[str, Item]:
+    return {name: Item(name, spec) for name, spec in plan.preseed.items()}
+
+
+@retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=2, max=30), reraise=True)
+def _download(url: str, target: Path) -> None:
+    part = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SEC) as response, part.open("wb") as f:
+        shutil.copyfileobj(response, f, length=1 << 20)
+        expected = response.headers.get("Content-Length")
+    if expected is not None and part.stat().st_size != int(expected):
+        raise OSError(f"{url}: got {part.stat().st_size} bytes of {expected}")
+    part.replace(target)
+
+
+def _unzip_into(archive: Path, target: Path) -> None:
+    """Unpack so that `target` is the item folder, whether or not the zip wraps it in a top-level folder."""
+    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        entries = [p for p in Path(tmp).iterdir() if p.name != "__MACOSX"]
+        source = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(source), str(target))
+
+
+def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, log=print) -> Path:
+    """Download one item into local scratch; returns the local file or folder. Raises on failure."""
+    local = item.local(base_dir, cache_dir)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if "url" in item.spec:
+        log(f"[runner] pre-seed {item.name}: downloading {item.spec['url']}")
+        if item.spec.get("unzip"):
+            archive = workdir / f"{item.name}.zip"
+            _download(item.spec["url"], archive)
+            _unzip_into(archive, local)
+            archive.unlink()
+        else:
+            _download(item.spec["url"], local)
+        return local
+    # A python item fills the folder its env var names; `collect` is the part of it that is the item.
+    fill = workdir / f"preseed-{item.name}"
+    shutil.rmtree(fill, ignore_errors=True)
+    fill.mkdir(parents=True)
+    log(f"[runner] pre-seed {item.name}: running its download code with nanochat's python")
+    env = dict(os.environ, **{item.spec["env_dir"]: str(fill)})
+
+    @retry(stop=stop_after_attempt(ATTEMPTS - 1), wait=wait_exponential(multiplier=5, max=60), reraise=True)
+    def run() -> None:
+        result = subprocess.run([nanochat.python, "-c", item.spec["python"]], cwd=nanochat.root, env=env, capture_output=True, text=True, timeout=PYTHON_TIMEOUT_SEC)
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+            raise OSError(f"exit {result.returncode}: {last[0]}")
+
+    run()
+    collected = fill / item.spec.get("collect", ".")
+    if not collected.is_dir() or not any(collected.iterdir()):
+        raise OSError(f"the download code ran but left {collected} empty")
+    if local.exists():
+        shutil.rmtree(local)
+    shutil.move(str(collected), str(local))
+    shutil.rmtree(fill, ignore_errors=True)
+    return local
+
+
+def missing_error(failed: dict[str, str], all_items: dict[str, Item], storage_url: str) -> PreseedError:
+    lines = [f"{name}: {reason}" for name, reason in failed.items()]
+    return PreseedError(
+        "Could not pre-seed files the run needs; no training phase has started:\n  " + "\n  ".join(lines),
+        [
+            *(all_items[name].how_to_provide(storage_url) for name in failed),
+            "Or run with --offline to skip the steps that need them.",
+            "Then run the same command again: everything already in storage is reused.",
+        ],
+    )

@@ -1,0 +1,130 @@
+"""Running one nanochat command: live output, a heartbeat in silence, progress parsing, the log kept in storage.
+
+The child runs in its own process group so that stopping the node agent (Ctrl-C, SIGTERM from a backend)
+stops every torchrun rank with it. Output is read in a thread and printed line by line as it arrives; carriage
+returns (tqdm bars) count as line ends so progress is never held back.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STOP_GRACE_SEC = 15
+
+
+class LogSink:
+    """Appends a step's output to a local log file and mirrors that file to storage every few seconds.
+
+    Object stores cannot append, so the whole file is re-uploaded; a background thread does it so a slow or
+    briefly unreachable storage never stalls the output of the training run.
+    """
+
+    def __init__(self, local: Path, storage, remote_rel: str, interval: float = 15.0, log=print):
+        self.local, self.storage, self.remote_rel, self.interval, self.log = local, storage, remote_rel, interval, log
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.local.open("a", encoding="utf-8")
+        self.dirty = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="log-upload", daemon=True)
+        self.thread.start()
+        self.upload_failures = 0
+
+    def write(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.dirty.set()
+
+    def _upload(self) -> None:
+        self.file.flush()
+        try:
+            self.storage.fs.put_file(str(self.local), self.storage.path(self.remote_rel))
+            self.upload_failures = 0
+        except Exception as e:  # noqa: BLE001 - the run must go on; the next upload catches up
+            self.upload_failures += 1
+            if self.upload_failures in (1, 10, 100):
+                self.log(f"[runner] could not upload the log to storage ({type(e).__name__}: {e}); will retry")
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.stop.wait(self.interval)
+            if self.dirty.is_set():
+                self.dirty.clear()
+                self._upload()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=self.interval + 5)
+        self._upload()
+        self.file.close()
+
+
+def _reader(stream, lines: queue.Queue) -> None:
+    buffer = b""
+    while True:
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            break
+        buffer += chunk
+        parts = re.split(rb"\r\n|\n|\r", buffer)
+        buffer = parts.pop()
+        for part in parts:
+            lines.put(part.decode("utf-8", errors="replace"))
+    if buffer:
+        lines.put(buffer.decode("utf-8", errors="replace"))
+    lines.put(None)
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SEC) -> None:
+    """SIGTERM the child's whole group, then SIGKILL what is left after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+
+
+def run_streamed(argv: list[str], cwd: str, env: dict, sink: LogSink, on_line, heartbeat_sec: float, label: str,
+                 out=None) -> int:
+    """Run `argv`, echo and log every line, call `on_line(line)`, print a heartbeat after silence; return the exit code."""
+    out = out or sys.stdout
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    started = last_output = time.monotonic()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=min(1.0, heartbeat_sec))
+            except queue.Empty:
+                now = time.monotonic()
+                if now - last_output >= heartbeat_sec:
+                    note = f"[runner] {label}: still running, no output for {now - last_output:.0f}s (elapsed {(now - started) / 60:.1f} min)"
+                    print(note, file=out, flush=True)
+                    sink.write(note)
+                    last_output = now
+                continue
+            if line is None:
+                break
+            last_output = time.monotonic()
+            print(line, file=out, flush=True)
+            sink.write(line)
+            on_line(line)
+        return proc.wait()
+    finally:
+        stop_process_group(proc)
+        reader.join(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,84 @@
+"""The run's status file in storage: `_runner/runs/<run_id>/status.json`.
+
+Anyone with access to the storage (the laptop, another terminal, a dashboard) reads where a run is: its state,
+each phase and step with times and outcome, and the latest training progress. Writes are throttled, except for
+state changes, which are written at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from .storage import RUNNER_DIR, Storage
+
+PROGRESS_WRITE_INTERVAL = 10.0
+
+
+def run_dir(run_id: str) -> str:
+    return f"{RUNNER_DIR}/runs/{run_id}"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class StatusFile:
+    def __init__(self, storage: Storage, plan, run_id: str, log=print):
+        self.storage, self.log = storage, log
+        self.path = f"{run_dir(run_id)}/status.json"
+        self.lock = threading.Lock()
+        self.last_write = 0.0
+        self.data: dict = {
+            "run_id": run_id,
+            "state": "starting",
+            "recipe": plan.recipe,
+            "commit": plan.commit,
+            "model": plan.model,
+            "gpus": plan.gpus,
+            "gpu_type": plan.gpu_type,
+            "started_at": now_iso(),
+            "updated_at": now_iso(),
+            "phase": None,
+            "step": None,
+            "progress": {},
+            "metrics": {},
+            "phases": {p.name: {"state": "pending", "steps": {}} for p in plan.phases},
+            "eval_failures": [],
+            "skipped": [],
+        }
+
+    def set(self, **fields) -> None:
+        with self.lock:
+            self.data.update(fields)
+        self.write()
+
+    def phase(self, name: str, **fields) -> None:
+        with self.lock:
+            self.data["phases"][name].update(fields)
+        self.write()
+
+    def step(self, phase: str, step: str, **fields) -> None:
+        with self.lock:
+            self.data["phases"][phase]["steps"].setdefault(step, {}).update(fields)
+        self.write()
+
+    def progress(self, fields: dict, metrics: dict) -> None:
+        with self.lock:
+            self.data["progress"].update(fields)
+            self.data["progress"]["at"] = now_iso()
+            for name, value in metrics.items():
+                self.data["metrics"][f"{self.data['phase']}.{self.data['step']}.{name}"] = value
+        if time.monotonic() - self.last_write >= PROGRESS_WRITE_INTERVAL:
+            self.write()
+
+    def write(self) -> None:
+        with self.lock:
+            self.data["updated_at"] = now_iso()
+            text = json.dumps(self.data, indent=2)
+            self.last_write = time.monotonic()
+        try:
+            self.storage.write_text(self.path, text)
+        except Exception as e:  # noqa: BLE001 - status is best effort; the run itself must go on
+            self.log(f"[runner] could not write the status file ({type(e).__name__}: {e}); will retry")

@@ -1,0 +1,219 @@
+"""Moving files between storage and local scratch: in parallel, verified, and only what changed.
+
+`pull` and `push` copy the files under one storage path. A file is copied when the other side lacks it or when
+it changed since the last copy (a small state file in scratch remembers size and mtime of what was copied, so
+a retrained tokenizer of the same size is still pushed). Every copy is checked for its size on arrival; a
+download lands in a `.part` file and is renamed only when whole. Errors are raised, never swallowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RunnerError, TransferError
+from .storage import Storage, explain_storage_error, object_tag
+
+DEFAULT_WORKERS = 8
+STATE_FILE = ".runner-sync-state.json"
+
+
+@dataclass
+class TransferStats:
+    files: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+class SyncState:
+    """Remembers, per local file, its (size, mtime_ns) and the storage object's tag when last copied."""
+
+    def __init__(self, scratch: Path):
+        self.path = scratch / STATE_FILE
+        self.lock = threading.Lock()
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.entries = {}
+
+    def in_sync(self, local: Path, remote_tag: str | None = None) -> bool:
+        """True when `local` is unchanged since its last copy (and the remote object too, if a tag is given)."""
+        try:
+            st = local.stat()
+        except FileNotFoundError:
+            return False
+        entry = self.entries.get(str(local))
+        if not entry or entry[:2] != [st.st_size, st.st_mtime_ns]:
+            return False
+        return remote_tag is None or entry[2] == remote_tag
+
+    def record(self, local: Path, remote_tag: str) -> None:
+        st = local.stat()
+        with self.lock:
+            self.entries[str(local)] = [st.st_size, st.st_mtime_ns, remote_tag]
+
+    def save(self) -> None:
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+
+
+class Progress:
+    """A progress line for a batch of transfers: a live bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, label: str, total_files: int, total_bytes: int, log=print, interval: float = 5.0):
+        self.label, self.total_files, self.total_bytes = label, total_files, total_bytes
+        self.log, self.interval = log, interval
+        self.done_files = self.done_bytes = 0
+        self.start = self.last = time.monotonic()
+        self.lock = threading.Lock()
+        self.bar = None
+        if os.isatty(1) and total_files > 1:
+            from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TransferSpeedColumn
+
+            self.bar = RichProgress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        with self.lock:
+            self.done_files += 1
+            self.done_bytes += nbytes
+            if self.bar is not None:
+                self.bar.update(self.task, advance=nbytes)
+            elif time.monotonic() - self.last >= self.interval:
+                self.last = time.monotonic()
+                self.log(self._line())
+
+    def _line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        return (f"[runner] {self.label}: {self.done_files}/{self.total_files} files, "
+                f"{self.done_bytes / 1e6:,.1f}/{self.total_bytes / 1e6:,.1f} MB, {self.done_bytes / 1e6 / elapsed:,.1f} MB/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.total_files:
+            self.log(self._line())
+
+
+def _run_parallel(jobs, workers: int, storage: Storage) -> None:
+    """Run (callable) jobs on a thread pool; re-raise the first failure as a RunnerError."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except RunnerError:
+            for f in futures:
+                f.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001
+            for f in futures:
+                f.cancel()
+            raise explain_storage_error(storage.url, e) from None
+
+
+def _check_disk(local_dir: Path, need_bytes: int) -> None:
+    probe = local_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need_bytes > free:
+        raise TransferError(
+            f"Scratch disk {probe} has {free / 1e9:,.1f} GB free but {need_bytes / 1e9:,.1f} GB must be staged.",
+            ["Free space on that disk, or point --scratch (RUNNER_SCRATCH) at a larger local disk."],
+        )
+
+
+def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int = DEFAULT_WORKERS, log=print) -> TransferStats:
+    """Copy storage:`rel` (a file or a directory) to `local`, skipping files already here unchanged."""
+    remote = storage.find(rel)
+    todo = []
+    for sub, (size, tag) in remote.items():
+        target = local / sub if sub else local
+        if state.in_sync(target, tag) and target.stat().st_size == size:
+            continue
+        todo.append((sub, size, target, tag))
+    stats = TransferStats(skipped=len(remote) - len(todo))
+    if not todo:
+        return stats
+    total = sum(t[1] for t in todo)
+    _check_disk(local, total)
+    progress = Progress(f"pull {rel}", len(todo), total, log)
+    start = time.monotonic()
+
+    def fetch(sub: str, size: int, target: Path, tag: str) -> None:
+        source = storage.path(posixpath.join(rel, sub) if sub else rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        storage.fs.get_file(source, str(part))
+        got = part.stat().st_size
+        if got != size:
+            part.unlink(missing_ok=True)
+            raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
+        os.replace(part, target)
+        state.record(target, tag)
+        progress.advance(size)
+
+    try:
+        _run_parallel([lambda t=t: fetch(*t) for t in todo], workers, storage)
+    finally:
+        progress.close()
+        state.save()
+    stats.files, stats.bytes, stats.seconds = len(todo), total, time.monotonic() - start
+    return stats
+
+
+def push(storage: Storage, local: Path, rel: str, state: SyncState, workers: int = DEFAULT_WORKERS, log=print) -> TransferStats:
+    """Copy `local` (a file or a directory) to storage:`rel`: new files and files changed since the last copy."""
+    if not local.exists():
+        return TransferStats()
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith((".part", ".tmp")))
+    remote = storage.find(rel)
+    todo = []
+    for path in files:
+        sub = "" if path == local else path.relative_to(local).as_posix()
+        if sub in remote and remote[sub][0] == path.stat().st_size and state.in_sync(path, remote[sub][1]):
+            continue
+        todo.append((path, sub))
+    stats = TransferStats(skipped=len(files) - len(todo))
+    if not todo:
+        return stats
+    total = sum(p.stat().st_size for p, _ in todo)
+    progress = Progress(f"push {rel}", len(todo), total, log)
+    start = time.monotonic()
+
+    def send(path: Path, sub: str) -> None:
+        target = storage.path(posixpath.join(rel, sub) if sub else rel)
+        size = path.stat().st_size
+        storage.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        storage.fs.put_file(str(path), target)
+        info = storage.fs.info(target)
+        if info.get("size") != size:
+            raise TransferError(f"{target} landed with {info.get('size')} bytes, the local file has {size}.", ["Run again; if it repeats, check the storage server."])
+        state.record(path, object_tag(info))
+        progress.advance(size)
+
+    try:
+        _run_parallel([lambda t=t: send(*t) for t in todo], workers, storage)
+    finally:
+        progress.close()
+        state.save()
+        storage.invalidate()
+    stats.files, stats.bytes, stats.seconds = len(todo), total, time.monotonic() - start
+    return stats
