@@ -134,7 +134,7 @@ class NodeAgent:
                 selected.append((phase, steps, marker))
             else:
                 say(f"phase {phase.name}: done (marker {marker['key']} from run {marker['run_id']}), skipping")
-                self.status.phase(phase.name, state="done", marker=marker["key"], note="skipped: marker matches")
+                self.status.phase(phase.name, state="done", marker=marker["key"], note=f"skipped: done by run {marker['run_id']}")
         return selected
 
     # -- pre-seeding -------------------------------------------------------------------------------------------
@@ -267,10 +267,11 @@ class NodeAgent:
                 sink.write(f"[runner] shard check failed: {'; '.join(found)}")
                 say(f"{step.name}: the downloader exited 0 but {'; '.join(found)}")
                 code = 1
+        last_progress = dict(self.status.data["progress"])
         if code == 0:
-            self.status.step(phase.name, step.name, state="ok", seconds=seconds)
+            self.status.step(phase.name, step.name, state="ok", seconds=seconds, progress=last_progress)
             return "ok"
-        self.status.step(phase.name, step.name, state="failed", exit_code=code, seconds=seconds)
+        self.status.step(phase.name, step.name, state="failed", exit_code=code, seconds=seconds, progress=last_progress)
         if not step.critical:
             where = self.storage.url_of(f"{self.run_dir}/logs/{phase.name}.log")
             say(f"{step.name}: failed with exit code {code} (evaluation: the run goes on); log: {where}")

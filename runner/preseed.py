@@ -92,7 +92,7 @@ def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, 
     local = item.local(base_dir, cache_dir)
     local.parent.mkdir(parents=True, exist_ok=True)
     if "url" in item.spec:
-        log(f"[runner] pre-seed {item.name}: downloading {item.spec['url']}")
+        log(f"pre-seed {item.name}: downloading {item.spec['url']}")
         if item.spec.get("unzip"):
             archive = workdir / f"{item.name}.zip"
             _download(item.spec["url"], archive)
@@ -105,7 +105,7 @@ def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, 
     fill = workdir / f"preseed-{item.name}"
     shutil.rmtree(fill, ignore_errors=True)
     fill.mkdir(parents=True)
-    log(f"[runner] pre-seed {item.name}: running its download code with nanochat's python")
+    log(f"pre-seed {item.name}: running its download code with nanochat's python")
     env = dict(os.environ, **{item.spec["env_dir"]: str(fill)})
 
     @retry(stop=stop_after_attempt(ATTEMPTS - 1), wait=wait_exponential(multiplier=5, max=60), reraise=True)

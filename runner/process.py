@@ -43,13 +43,15 @@ class LogSink:
 
     def _upload(self) -> None:
         self.file.flush()
+        target = self.storage.path(self.remote_rel)
         try:
-            self.storage.fs.put_file(str(self.local), self.storage.path(self.remote_rel))
+            self.storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.storage.fs.put_file(str(self.local), target)
             self.upload_failures = 0
         except Exception as e:  # noqa: BLE001 - the run must go on; the next upload catches up
             self.upload_failures += 1
             if self.upload_failures in (1, 10, 100):
-                self.log(f"[runner] could not upload the log to storage ({type(e).__name__}: {e}); will retry")
+                self.log(f"could not upload the log to storage ({type(e).__name__}: {e}); will retry")
 
     def _loop(self) -> None:
         while not self.stop.is_set():

@@ -47,7 +47,22 @@ class StatusFile:
             "phases": {p.name: {"state": "pending", "steps": {}} for p in plan.phases},
             "eval_failures": [],
             "skipped": [],
+            "attempts": 1,
         }
+        self._continue_previous(plan)
+
+    def _continue_previous(self, plan) -> None:
+        """A rerun under the same run id (after a failure or preemption) keeps the history of the earlier ones."""
+        try:
+            previous = json.loads(self.storage.read_text(self.path))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        for name, info in previous.get("phases", {}).items():
+            if name in self.data["phases"]:
+                self.data["phases"][name] = info
+        self.data["metrics"] = previous.get("metrics", {})
+        self.data["started_at"] = previous.get("started_at", self.data["started_at"])
+        self.data["attempts"] = int(previous.get("attempts", 1)) + 1
 
     def set(self, **fields) -> None:
         with self.lock:
@@ -81,4 +96,4 @@ class StatusFile:
         try:
             self.storage.write_text(self.path, text)
         except Exception as e:  # noqa: BLE001 - status is best effort; the run itself must go on
-            self.log(f"[runner] could not write the status file ({type(e).__name__}: {e}); will retry")
+            self.log(f"could not write the status file ({type(e).__name__}: {e}); will retry")

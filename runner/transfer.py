@@ -101,13 +101,14 @@ class Progress:
 
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        return (f"[runner] {self.label}: {self.done_files}/{self.total_files} files, "
+        return (f"{self.label}: {self.done_files}/{self.total_files} files, "
                 f"{self.done_bytes / 1e6:,.1f}/{self.total_bytes / 1e6:,.1f} MB, {self.done_bytes / 1e6 / elapsed:,.1f} MB/s")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-        if self.total_files:
+        # A summary line for transfers worth mentioning; a few small files are not.
+        if self.done_bytes >= 50e6 or time.monotonic() - self.start >= 2:
             self.log(self._line())
 
 

@@ -1,0 +1,97 @@
+"""Helpers for the node-agent tests: a copy of the nanochat test double per test, pre-seeded storage, and
+running the real `runner` CLI as a subprocess (so signals, exit codes and output are the real ones)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOUBLE = REPO / "tests" / "nanochat_double"
+STAND_INS = REPO / "tests" / "stand_ins"
+COMMITS = {"seed": "a1ccb3dc0b7095620751498b8652a6d6647d8c01", "latest": "92d63d4e8bb4df75c3b71618f31ddde2378b2bcd"}
+RUN_TIMEOUT_SEC = 300
+
+
+@dataclass
+class Result:
+    code: int
+    output: str
+
+    def calls(self, path: Path) -> list[dict]:
+        return read_calls(path)
+
+
+def make_double(tmp_path: Path, recipe: str = "seed") -> Path:
+    """A private copy of the test double at the recipe's pin (report generate writes into its folder)."""
+    target = tmp_path / f"nanochat-{recipe}"
+    shutil.copytree(DOUBLE, target, ignore=shutil.ignore_patterns("__pycache__", "report.md"))
+    (target / ".nanochat-commit").write_text(COMMITS[recipe] + "\n")
+    return target
+
+
+def read_calls(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def scripts_called(path: Path) -> list[str]:
+    return [c["script"] for c in read_calls(path)]
+
+
+def preseed_files(root: Path, recipe: str = "seed") -> None:
+    """Put every pre-seed item into a local folder, as an air-gapped user would (copied into storage later)."""
+    (root / "eval_bundle").mkdir(parents=True, exist_ok=True)
+    (root / "eval_bundle" / "core.yaml").write_text("icl_tasks: []\n")
+    (root / "eval_bundle" / "eval_meta_data.csv").write_text("Eval Task,Random baseline\n")
+    (root / "cache" / "tiktoken").mkdir(parents=True, exist_ok=True)
+    (root / "cache" / "tiktoken" / "gpt2.bin").write_text("x")
+    if recipe == "seed":
+        (root / "identity_conversations.jsonl").write_text('[{"role": "user", "content": "who are you?"}]\n')
+        (root / "words_alpha.txt").write_text("apple\nbanana\n")
+        (root / "cache" / "hf" / "datasets").mkdir(parents=True, exist_ok=True)
+        (root / "cache" / "hf" / "datasets" / "smoltalk.bin").write_text("x")
+    else:
+        (root / "task_data" / "openai--gsm8k").mkdir(parents=True, exist_ok=True)
+        (root / "task_data" / "openai--gsm8k" / "manifest.json").write_text("{}")
+
+
+def eval_bundle_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("eval_bundle/core.yaml", "icl_tasks: []\n")
+        zf.writestr("eval_bundle/eval_meta_data.csv", "Eval Task,Random baseline\n")
+    return path
+
+
+def base_env(tmp_path: Path, extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOCHAT_DOUBLE", "AWS_", "WANDB_", "RUNNER_"))}
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(STAND_INS)]),
+            "NANOCHAT_DOUBLE_FLAGS_DIR": str(REPO / "runner" / "recipes"),
+            "NANOCHAT_DOUBLE_CALLS": str(tmp_path / "calls.jsonl"),
+            "STAND_IN_CALLS": str(tmp_path / "downloads.txt"),
+            "RUNNER_SCRATCH": str(tmp_path / "scratch"),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def runner(args: list[str], env: dict, timeout: float = RUN_TIMEOUT_SEC) -> Result:
+    """Run `runner ARGS` as a real process; output is stdout and stderr together."""
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", *args], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout + proc.stderr)
+
+
+def node_run(storage: str, double: Path, env: dict, *extra: str, model: str = "smoke", recipe: str = "seed") -> Result:
+    args = ["node", "run", "--storage", storage, "--recipe", recipe, "--model", model, "--nanochat-dir", str(double),
+            "--python", sys.executable, "--heartbeat-sec", "30", "--run-id", "test-run", *extra]
+    return runner(args, env)
