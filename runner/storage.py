@@ -193,7 +193,9 @@ def check_access(storage: Storage) -> None:
     """List the root and write, read back and delete a probe file under _runner/."""
     probe = f"{RUNNER_DIR}/.probe-{uuid.uuid4().hex[:12]}"
     try:
-        storage.fs.ls(storage.path(), detail=False) if storage.fs.exists(storage.path()) else None
+        if storage.url.startswith(("s3://", "s3a://")):
+            # Some S3 servers create a missing bucket on the first PUT; ask for it explicitly first.
+            storage.fs.info(storage.root.split("/", 1)[0])
         storage.write_text(probe, "ok")
         if storage.read_text(probe) != "ok":
             raise StorageError(f"A probe written to {storage.url} read back differently.", ["Check the storage for a proxy or a misconfigured gateway."])
