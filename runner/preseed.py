@@ -25,7 +25,9 @@ from .errors import PreseedError
 
 DOWNLOAD_TIMEOUT_SEC = 60  # per socket operation, not for the whole file
 PYTHON_TIMEOUT_SEC = 2 * 3600
-ATTEMPTS = 4
+# Tries per item and the first back-off (doubling, at most 30 s); tunable for slow links or quick checks.
+ATTEMPTS = int(os.environ.get("RUNNER_PRESEED_ATTEMPTS", "4"))
+BACKOFF_SEC = float(os.environ.get("RUNNER_PRESEED_BACKOFF_SEC", "2"))
 
 
 @dataclass
@@ -64,7 +66,7 @@ def items(plan) -> dict[str, Item]:
     return {name: Item(name, spec) for name, spec in plan.preseed.items()}
 
 
-@retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=2, max=30), reraise=True)
+@retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_SEC, max=30), reraise=True)
 def _download(url: str, target: Path) -> None:
     part = target.with_name(target.name + ".part")
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SEC) as response, part.open("wb") as f:
@@ -108,7 +110,7 @@ def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, 
     log(f"pre-seed {item.name}: running its download code with nanochat's python")
     env = dict(os.environ, **{item.spec["env_dir"]: str(fill)})
 
-    @retry(stop=stop_after_attempt(ATTEMPTS - 1), wait=wait_exponential(multiplier=5, max=60), reraise=True)
+    @retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_SEC, max=30), reraise=True)
     def run() -> None:
         result = subprocess.run([nanochat.python, "-c", item.spec["python"]], cwd=nanochat.root, env=env, capture_output=True, text=True, timeout=PYTHON_TIMEOUT_SEC)
         if result.returncode != 0:
