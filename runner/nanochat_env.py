@@ -93,7 +93,11 @@ def phase_env(base_dir: Path, cache_dir: Path, extra: dict | None = None) -> dic
 
 
 def command(nanochat: Nanochat, step) -> list[str]:
-    """argv for one step: plain `python -m` on one process, torchrun (from the same interpreter) on several."""
+    """argv for one step: plain `python -m` on one process, torchrun (from the same interpreter) on several.
+
+    The `--` matters: without it torchrun parses the script's options as its own, and `--run=dummy` fails as
+    an ambiguous abbreviation of torchrun's `--run-path`.
+    """
     if step.nproc > 1:
-        return [nanochat.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={step.nproc}", "-m", step.module, *step.args]
+        return [nanochat.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={step.nproc}", "-m", step.module, "--", *step.args]
     return [nanochat.python, "-m", step.module, *step.args]
