@@ -163,11 +163,17 @@ class NodeAgent:
 
     # -- phases ------------------------------------------------------------------------------------------------
 
+    def _pull(self, rel: str, local: Path) -> None:
+        # Only the plan's shards: a bucket may hold more from a bigger run, and nanochat takes the last shard
+        # in sort order as its validation split, so extra shards would also change the validation data.
+        only = set(shards.expected_names(self.plan.data)) if rel == self.plan.data["dir"] else None
+        pull(self.storage, rel, local, self.state, log=say, only=only)
+
     def stage_in(self, phase, steps, marker) -> bool:
         """Pull the phase's inputs; False when an input was not made because an earlier phase was skipped."""
         for need in phase.needs:
             if self.storage.find(need):
-                pull(self.storage, need, self.base_dir / need, self.state, log=say)
+                self._pull(need, self.base_dir / need)
             elif need in self.unavailable:
                 self._skip_phase(phase, f"needs {need}, {self.unavailable[need]}")
                 return False
@@ -176,10 +182,10 @@ class NodeAgent:
                 fix = f"Run phase {maker} first: `runner node run ... --from {maker}`." if maker else f"Put {need} into storage."
                 raise PhaseFailed(f"Phase {phase.name} needs {self.storage.url_of(need)}, which is not in storage.", [fix])
         for rel in [*phase.prestage, *(phase.makes if marker else []), REPORT_DIR]:
-            pull(self.storage, rel, self.base_dir / rel, self.state, log=say)
+            self._pull(rel, self.base_dir / rel)
         for name in sorted({n for s in steps for n in s.uses} - set(self.missing_items)):
             item = self.items[name]
-            pull(self.storage, item.path, item.local(self.base_dir, self.cache_dir), self.state, log=say)
+            self._pull(item.path, item.local(self.base_dir, self.cache_dir))
         return True
 
     def stage_out(self, phase) -> None:

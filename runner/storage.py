@@ -93,7 +93,10 @@ class Storage:
 
 def object_tag(info: dict) -> str:
     """What changes when an object is rewritten: the ETag on S3, the mtime on a local disk."""
-    return str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("created") or "")
+    value = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("created") or ""
+    if hasattr(value, "timestamp"):  # some filesystems give a datetime from info() but a float from find()
+        value = value.timestamp()
+    return str(value)
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -141,9 +141,15 @@ def _check_disk(local_dir: Path, need_bytes: int) -> None:
         )
 
 
-def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int = DEFAULT_WORKERS, log=print) -> TransferStats:
-    """Copy storage:`rel` (a file or a directory) to `local`, skipping files already here unchanged."""
+def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int = DEFAULT_WORKERS, log=print,
+         only: set[str] | None = None) -> TransferStats:
+    """Copy storage:`rel` (a file or a directory) to `local`, skipping files already here unchanged.
+
+    `only` limits the copy to those relative paths (the shards a plan uses, not every shard in the bucket).
+    """
     remote = storage.find(rel)
+    if only is not None:
+        remote = {sub: info for sub, info in remote.items() if sub in only}
     todo = []
     for sub, (size, tag) in remote.items():
         target = local / sub if sub else local

@@ -315,8 +315,8 @@ class SeaweedFS:
                 atexit.register(self.stop)
                 return self
             new_log = self.log_path.read_bytes()[log_offset:].decode(errors="replace")
-            self._reap(remove_socket=False)  # the port (and its socket) may be another server's
-            # Someone took the port between our check and weed's bind: weed exits 1 early; try another port.
+            self._reap(remove_socket=False)  # the ports (and their sockets) may be another server's
+            # Another process took a port between our check and weed's own: weed exits 1 at once; try other ports.
             if outcome == "exited" and "Port allocation failed" in new_log and attempts < 5:
                 continue
             self._close_log()
@@ -352,7 +352,7 @@ class SeaweedFS:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl+C in the terminal reaches us; we stop it ourselves
+            start_new_session=True,  # a terminal's Ctrl+C reaches only us, and we stop it (by PID)
             preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509 - only calls prctl
         )
 
@@ -403,9 +403,12 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        # weed leaves its S3 unix socket behind in /tmp; remove ours.
-        if remove_socket and self.s3_port is not None:
-            Path(f"/tmp/seaweedfs-s3-{self.s3_port}.sock").unlink(missing_ok=True)
+        # weed can leave unix sockets named after its ports in /tmp (seaweedfs-s3-8333.sock, ...): remove ours.
+        if remove_socket:
+            for port in self.ports.values():
+                for twin in (port, port + GRPC_OFFSET):
+                    for leftover in Path("/tmp").glob(f"seaweedfs-*-{twin}.sock"):
+                        leftover.unlink(missing_ok=True)
 
     def _close_log(self) -> None:
         if self._log_file is not None:
@@ -481,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where SIGINT was inherited ignored (`cmd &`)
     try:
         server = start_seaweedfs(args.dir, args.port or None, args.timeout)
     except WeedNotFoundError as err:
