@@ -52,8 +52,8 @@ for whl in "$TORCH_WHEEL_DIR"/torch-"$TORCH_VERSION"+cpu-"$py_tag"-*.whl; do
     if [[ -f $whl ]]; then torch_wheel=$whl; fi
 done
 if [[ -z $torch_wheel ]]; then
-    log "notice: no torch CPU wheel at $TORCH_WHEEL_DIR/torch-$TORCH_VERSION+cpu-$py_tag-*.whl;" \
-        "torch is not installed and the torchrun tests will be skipped"
+    log "notice: no torch CPU wheel at $TORCH_WHEEL_DIR/torch-$TORCH_VERSION+cpu-$py_tag-*.whl, so torch is not" \
+        "installed (never from PyPI: that pulls GBs of CUDA wheels); the torchrun tests will be skipped"
 fi
 
 key=$({
