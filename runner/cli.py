@@ -69,6 +69,7 @@ def node():
 
 @node.command("run", short_help="Run a plan's phases against a storage URL (the node agent).")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json`; without it, a plan is built from the plan options.")
+@click.option("--plan-json", envvar="RUNNER_PLAN_JSON", default=None, help="The plan itself as JSON text (how backends hand it to a container).")
 @plan_options
 @click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="Where everything lives: a path, file://, s3://bucket/prefix or memory://.")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable).")
@@ -81,13 +82,18 @@ def node():
 @click.option("--from", "from_phase", default=None, metavar="PHASE", help="Run PHASE and every phase after it, even if done.")
 @click.option("--only", "only_phase", default=None, metavar="PHASE", help="Run only PHASE (its inputs must be in storage).")
 @click.option("--heartbeat-sec", type=float, default=60.0, show_default=True, help="Print a heartbeat after this many seconds of silence.")
-def node_run(plan_file, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, storage, storage_options,
+def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, storage, storage_options,
              nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase, heartbeat_sec):
     """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
     from .node import NodeOptions, run_node
     from .plan import Plan
 
-    the_plan = Plan.load(plan_file) if plan_file else make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
+    if plan_file:
+        the_plan = Plan.load(plan_file)
+    elif plan_json:
+        the_plan = Plan.parse(plan_json, "RUNNER_PLAN_JSON")
+    else:
+        the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
     options = NodeOptions(
         storage=storage,
         storage_options=list(storage_options),

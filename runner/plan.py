@@ -104,15 +104,21 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         try:
-            raw = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
         except FileNotFoundError:
             raise PlanError(f"No plan file at {path}.", ["Write one with `runner plan --json > plan.json`."])
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> "Plan":
+        try:
+            raw = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PlanError(f"{path} is not valid JSON ({e}).", ["Write it again with `runner plan --json`."])
+            raise PlanError(f"{source} is not valid JSON ({e}).", ["Write it again with `runner plan --json`."])
         try:
             return cls.from_dict(raw)
-        except (KeyError, TypeError) as e:
-            raise PlanError(f"{path} is not a runner plan ({e}).", ["Write it with `runner plan --json`."])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise PlanError(f"{source} is not a runner plan ({e}).", ["Write it with `runner plan --json`."])
 
 
 def parse_model(model: str | None, depth: int | None, recipe: dict) -> tuple[str, int, bool]:
