@@ -25,6 +25,7 @@ def plan_options(func):
     @click.option("--gpu-type", default="H100", show_default=True, help="H100, H200, A100-80GB or B200 (prices.toml).")
     @click.option("--with-rl", is_flag=True, help="Add the optional RL phase (GSM8K).")
     @click.option("--wandb-run", default=None, help="wandb run name (default: the run id when WANDB_API_KEY is set, else dummy).")
+    @click.option("--checkpoint-every-min", type=float, default=30.0, show_default=True, help="Minutes of base training between checkpoints (derived --save_every).")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
@@ -32,13 +33,16 @@ def plan_options(func):
     return wrapper
 
 
-def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run):
+def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min=30.0):
     """Build a plan; the wandb run is named after the run id when a wandb key is present, else disabled."""
     from .plan import build_plan
 
-    the_plan = build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run or "dummy")
+    def build(run_name, run_id=None):
+        return build_plan(recipe, model, depth, gpus, gpu_type, with_rl, run_name, run_id=run_id, checkpoint_every_min=checkpoint_every_min)
+
+    the_plan = build(wandb_run or "dummy")
     if wandb_run is None and os.environ.get("WANDB_API_KEY"):
-        the_plan = build_plan(recipe, model, depth, gpus, gpu_type, with_rl, the_plan.run_id, run_id=the_plan.run_id)
+        the_plan = build(the_plan.run_id, the_plan.run_id)
     return the_plan
 
 
@@ -51,9 +55,9 @@ def main():
 @main.command(short_help="Show the phases, commands, hours and dollars of a run; spends nothing.")
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the input of `runner node run --plan`).")
-def plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, as_json):
+def plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min, as_json):
     """Build the plan for a recipe × model × GPU count and show what it will run and cost."""
-    the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
+    the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min)
     if as_json:
         click.echo(the_plan.to_json())
         return
@@ -82,7 +86,7 @@ def node():
 @click.option("--from", "from_phase", default=None, metavar="PHASE", help="Run PHASE and every phase after it, even if done.")
 @click.option("--only", "only_phase", default=None, metavar="PHASE", help="Run only PHASE (its inputs must be in storage).")
 @click.option("--heartbeat-sec", type=float, default=60.0, show_default=True, help="Print a heartbeat after this many seconds of silence.")
-def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, storage, storage_options,
+def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min, storage, storage_options,
              nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase, heartbeat_sec):
     """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
     from .node import NodeOptions, run_node
@@ -93,7 +97,7 @@ def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl
     elif plan_json:
         the_plan = Plan.parse(plan_json, "RUNNER_PLAN_JSON")
     else:
-        the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run)
+        the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min)
     options = NodeOptions(
         storage=storage,
         storage_options=list(storage_options),

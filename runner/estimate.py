@@ -53,6 +53,12 @@ class PhaseEstimate:
         return self.hours * self.gpus_billed * rate
 
 
+def base_training_hours(shape: dict, gpus: int, gpu_type: str) -> float:
+    """Hours of base pretraining alone: 6 · matmul params · tokens at the stated MFU."""
+    flops_per_second = gpus * gpu_facts(gpu_type)["peak_bf16_tflops"] * 1e12 * prices()["assumptions"]["mfu"]
+    return 6 * shape["params_matmul"] * shape["training_tokens"] / flops_per_second / 3600
+
+
 def _gpu_hours_to_hours(gpu_hours_at_d20: float, params: int, gpus: int) -> float:
     return gpu_hours_at_d20 * (params / D20_PARAMS) / gpus
 
@@ -71,7 +77,7 @@ def estimate_phases(plan) -> list[PhaseEstimate]:
         elif phase.name == "tokenizer":
             hours = 2e9 / TOKENIZER_CHARS_PER_SECOND / 3600
         elif phase.name == "base":
-            train = 6 * params * plan.shape["training_tokens"] / flops_per_second / 3600
+            train = base_training_hours(plan.shape, plan.gpus, plan.gpu_type)
             hours = train + _gpu_hours_to_hours(EVAL_GPU_HOURS_AT_D20["base"], params, plan.gpus)
         elif phase.name == "mid":
             train = 6 * params * MID_TRAINING_TOKENS / flops_per_second / 3600

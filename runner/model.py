@@ -37,6 +37,8 @@ class ModelShape:
     params_for_data_ratio: int
     data_ratio: float
     training_tokens: int
+    total_batch_tokens: int
+    iterations: int
     shards_needed: int
     shards_to_download: int
     device_batch_size: int
@@ -108,6 +110,16 @@ def shards_for_tokens(tokens: float, data: dict) -> tuple[int, int]:
     return needed, with_margin
 
 
+def total_batch_tokens(depth: int, arch: dict) -> int:
+    """Tokens per optimizer step: fixed at `seed`; at `latest` nanochat picks it from the training horizon
+    (2^19 tokens at d12's horizon, scaled by (tokens / d12 tokens)^0.383, rounded to a power of two)."""
+    if not arch.get("auto_batch"):
+        return int(arch["total_batch_size"])
+    tokens = arch["data_ratio"] * parameter_counts(depth, arch)[1]
+    reference = arch["data_ratio"] * parameter_counts(12, arch)[1]
+    return 2 ** round(math.log2(2**19 * (tokens / reference) ** 0.383))
+
+
 def derive_shape(depth: int, arch: dict, data: dict, gpu_memory_gib: float) -> ModelShape:
     total, counted = parameter_counts(depth, arch)
     tokens = int(arch["data_ratio"] * counted)
@@ -124,6 +136,8 @@ def derive_shape(depth: int, arch: dict, data: dict, gpu_memory_gib: float) -> M
         params_for_data_ratio=counted,
         data_ratio=arch["data_ratio"],
         training_tokens=tokens,
+        total_batch_tokens=total_batch_tokens(depth, arch),
+        iterations=tokens // total_batch_tokens(depth, arch),
         shards_needed=needed,
         shards_to_download=download,
         device_batch_size=batch,

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import markers, preseed, shards
+from .checkpoints import CheckpointUploader, is_checkpoint_dir, seal
+from .compile_cache import EARLY_SAVE_AT_STEP, CompileCache, cache_key, probe
 from .errors import PhaseFailed, PlanError
 from .nanochat_env import command, locate, phase_env
 from .process import LogSink, run_streamed
 from .progress import parse_line
 from .recipes import load_recipe
+from .resume import prepare_resume, stage_newest_complete
 from .status import StatusFile, run_dir
 from .storage import open_storage
 from .transfer import SyncState, pull, push
@@ -105,6 +108,8 @@ class NodeAgent:
         self.unavailable: dict[str, str] = {}  # storage path -> why no phase made it in this run
         self.eval_failures: list[str] = []
         self.skipped: list[str] = []
+        self.forced: set[str] = set()  # phases run again on request: resumable steps start fresh
+        self.compile_cache: CompileCache | None = None
 
     # -- selection ---------------------------------------------------------------------------------------------
 
@@ -117,6 +122,8 @@ class NodeAgent:
             chosen, forced = set(names[names.index(self.options.from_phase):]), True
         else:
             chosen, forced = set(names), self.options.force
+        if forced:
+            self.forced = set(chosen)
         selected = []
         for phase in self.plan.phases:
             if phase.name not in chosen:
@@ -164,6 +171,10 @@ class NodeAgent:
     # -- phases ------------------------------------------------------------------------------------------------
 
     def _pull(self, rel: str, local: Path) -> None:
+        if is_checkpoint_dir(rel):
+            # Only the newest complete checkpoint: what nanochat loads, never a torn one.
+            stage_newest_complete(self.storage, rel, local, self.state, log=say)
+            return
         # Only the plan's shards: a bucket may hold more from a bigger run, and nanochat takes the last shard
         # in sort order as its validation split, so extra shards would also change the validation data.
         only = set(shards.expected_names(self.plan.data)) if rel == self.plan.data["dir"] else None
@@ -191,6 +202,8 @@ class NodeAgent:
     def stage_out(self, phase) -> None:
         for rel in [*phase.makes, REPORT_DIR]:
             push(self.storage, self.base_dir / rel, rel, self.state, log=say)
+            if is_checkpoint_dir(rel):
+                seal(self.storage, self.base_dir / rel, rel, log=say)
 
     def _skip_phase(self, phase, reason: str) -> None:
         say(f"phase {phase.name}: skipped ({reason})")
@@ -252,6 +265,12 @@ class NodeAgent:
             if name not in missing:
                 env_extra.update(self.items[name].env(self.base_dir, self.cache_dir))
         env = phase_env(self.base_dir, self.cache_dir, env_extra)
+        uploader = None
+        if step.resume_flag:
+            local_ckpt = self.base_dir / step.checkpoints
+            args += prepare_resume(self.storage, step, local_ckpt, self.state, fresh=phase.name in self.forced, log=say)
+            uploader = CheckpointUploader(self.storage, local_ckpt, step.checkpoints, step.nproc, self.state, log=say).start()
+        cache = self._restore_compile_cache() if step.compiles else None
         argv = command(self.nanochat, step.__class__(**{**step.__dict__, "args": args}))
         header = f"==== {phase.name}/{step.name}: {' '.join(argv[1:])}"
         say(header.removeprefix("==== "))
@@ -264,8 +283,18 @@ class NodeAgent:
             progress, metrics = parse_line(line)
             if progress or metrics:
                 self.status.progress(progress, metrics)
+            if cache and progress.get("step", 0) >= EARLY_SAVE_AT_STEP and not cache.saves:
+                cache.save_in_background(f"{step.name} reached step {progress['step']}")
 
-        code = run_streamed(argv, str(self.nanochat.root), env, sink, on_line, self.options.heartbeat_sec, f"{phase.name}/{step.name}")
+        try:
+            code = run_streamed(argv, str(self.nanochat.root), env, sink, on_line, self.options.heartbeat_sec, f"{phase.name}/{step.name}")
+        finally:
+            # Whatever happened to the trainer, what it completed goes to storage before we move on or stop.
+            if uploader:
+                uploaded = uploader.finish()
+                self.status.step(phase.name, step.name, checkpoints_uploaded=uploaded)
+            if cache:
+                self._save_compile_cache(cache, f"{step.name} ended")
         seconds = round(time.monotonic() - started, 1)
         if code == 0 and step.verify == "shards":
             found = shards.problems(data_dir, self.plan.data)
@@ -284,6 +313,26 @@ class NodeAgent:
             self.eval_failures.append(f"{phase.name}.{step.name} (exit {code})")
             self.status.set(eval_failures=self.eval_failures)
         return "failed"
+
+    def _restore_compile_cache(self) -> CompileCache:
+        if self.compile_cache is None:
+            key = cache_key(probe(self.nanochat.python, self.nanochat.root), self.plan)
+            self.compile_cache = CompileCache(self.storage, self.cache_dir, key, log=say)
+        try:
+            outcome = self.compile_cache.restore()
+        except Exception as e:  # noqa: BLE001 - a cache is an optimisation: a broken one means compiling
+            outcome = "miss"
+            say(f"compile cache could not be restored ({type(e).__name__}: {e}); compiling from scratch")
+        self.status.set(compile_cache={"key": self.compile_cache.key, "restore": outcome})
+        return self.compile_cache
+
+    def _save_compile_cache(self, cache: CompileCache, reason: str) -> None:
+        cache.wait()
+        try:
+            cache.save(reason)
+        except Exception as e:  # noqa: BLE001
+            say(f"compile cache could not be saved ({type(e).__name__}: {e})")
+        self.status.set(compile_cache={"key": cache.key, "restore": cache.outcome, "saves": len(cache.saves)})
 
     def _fail(self, phase, step) -> None:
         for rel in [REPORT_DIR]:

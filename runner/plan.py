@@ -37,6 +37,9 @@ class Step:
     without: list[str] = field(default_factory=list)
     verify: str = ""  # "shards": count and check the data shards afterwards
     skip_if: str = ""  # "shards": skip the command when storage already holds every shard
+    resume_flag: str = ""  # e.g. --resume_from_step: appended as FLAG=STEP to resume from storage
+    checkpoints: str = ""  # the storage folder of the checkpoints this step writes
+    compiles: bool = False  # runs torch.compile: compile caches are restored before and saved after
 
     def display(self) -> str:
         args = " ".join(self.args)
@@ -170,6 +173,14 @@ def _fill_all(templates: list[str], values: dict) -> list[str]:
     return [filled for filled in (_fill(t, values) for t in templates) if filled]
 
 
+def save_every_steps(shape, gpus: int, gpu_type: str, checkpoint_every_min: float) -> int:
+    """Steps between checkpoints so that at least one lands every `checkpoint_every_min` of training."""
+    from .estimate import base_training_hours
+
+    minutes_per_step = base_training_hours(shape.to_dict(), gpus, gpu_type) * 60 / max(shape.iterations, 1)
+    return max(1, int(checkpoint_every_min / max(minutes_per_step, 1e-9)))
+
+
 def build_plan(
     recipe_name: str = DEFAULT_RECIPE,
     model: str | None = None,
@@ -179,8 +190,12 @@ def build_plan(
     with_rl: bool = False,
     wandb_run: str = "dummy",
     run_id: str | None = None,
+    checkpoint_every_min: float = 30.0,
 ) -> Plan:
     from .estimate import gpu_facts
+
+    if checkpoint_every_min <= 0:
+        raise PlanError(f"--checkpoint-every-min {checkpoint_every_min} must be positive.", ["Use e.g. 30 (minutes of training between checkpoints)."])
 
     recipe = load_recipe(recipe_name)
     model_name, depth_value, smoke = parse_model(model, depth, recipe)
@@ -207,6 +222,7 @@ def build_plan(
         "smoke_sft_batch_tokens": 2 * SMOKE_TOKENS_PER_GPU * gpus,
         "gpus": gpus,
         "fp8": "--fp8" if gpu_type in FP8_GPUS else "",
+        "save_every": save_every_steps(shape, gpus, gpu_type, checkpoint_every_min),
     }
     phases: list[Phase] = []
     problems: list[str] = []
@@ -227,8 +243,12 @@ def build_plan(
                 without=_fill_all(raw.get("without", []), values),
                 verify=raw.get("verify", ""),
                 skip_if=raw.get("skip_if", ""),
+                resume_flag=raw.get("resume_flag", ""),
+                checkpoints=_fill(raw.get("checkpoints", ""), values),
+                compiles=raw.get("compiles", False),
             )
-            for args_variant in (step.args, step.args + step.without):
+            resume_variant = [f"{step.resume_flag}=1"] if step.resume_flag else []
+            for args_variant in (step.args, step.args + step.without, step.args + resume_variant):
                 problems += check_args(step.module, args_variant, recipe["flag_table"], recipe["commit"])
             steps.append(step)
         phases.append(

@@ -18,6 +18,18 @@ import time
 from pathlib import Path
 
 STOP_GRACE_SEC = 15
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the node agent dies (even by SIGKILL), so no trainer is orphaned.
+    torchrun forwards that SIGTERM to its workers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the process-group kill in stop_process_group still applies
 
 
 class LogSink:
@@ -101,7 +113,8 @@ def run_streamed(argv: list[str], cwd: str, env: dict, sink: LogSink, on_line, h
                  out=None) -> int:
     """Run `argv`, echo and log every line, call `on_line(line)`, print a heartbeat after silence; return the exit code."""
     out = out or sys.stdout
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_die_with_parent)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True)
     reader.start()

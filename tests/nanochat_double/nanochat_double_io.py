@@ -225,13 +225,31 @@ def find_model(ctx, source, model_tag=None, step=None):
     return ckpt_dir, step, meta
 
 
+def write_pt(path, payload, extra_bytes=0):
+    """A .pt file in torch.save's format: a zip archive (so a truncated one is detectably incomplete).
+
+    Deterministic content (fixed zip timestamps) so that a resumed run's final files equal an uninterrupted
+    run's. NANOCHAT_DOUBLE_CKPT_MB pads each file, so that uploads take measurable time in tests.
+    """
+    import zipfile
+    stem = os.path.splitext(os.path.basename(path))[0]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(f"{stem}/data.pkl", date_time=(2026, 1, 1, 0, 0, 0)), pickle.dumps(payload, protocol=2))
+        if extra_bytes:
+            zf.writestr(zipfile.ZipInfo(f"{stem}/data/0", date_time=(2026, 1, 1, 0, 0, 0)), bytes(extra_bytes))
+
+
+def checkpoint_padding():
+    return int(float(os.environ.get("NANOCHAT_DOUBLE_CKPT_MB", "0") or 0) * 1024 * 1024)
+
+
 def save_checkpoint(ctx, ckpt_dir, step, meta, optimizer=True):
     """Rank 0 writes model + meta; every rank writes its optimizer shard (when the script saves one)."""
+    pad = checkpoint_padding()
     if ctx.master:
         os.makedirs(ckpt_dir, exist_ok=True)
         model_path = os.path.join(ckpt_dir, f"model_{step:06d}.pt")
-        with open(model_path, "wb") as f:
-            pickle.dump({"nanochat_double": True, "step": step, "model_config": meta.get("model_config")}, f)
+        write_pt(model_path, {"nanochat_double": True, "step": step, "model_config": meta.get("model_config")}, pad)
         ctx.log("nanochat.checkpoint_manager", f"Saved model parameters to: {model_path}")
         meta_path = os.path.join(ckpt_dir, f"meta_{step:06d}.json")
         with open(meta_path, "w", encoding="utf-8") as f:
@@ -240,9 +258,30 @@ def save_checkpoint(ctx, ckpt_dir, step, meta, optimizer=True):
     if optimizer:
         os.makedirs(ckpt_dir, exist_ok=True)
         optim_path = os.path.join(ckpt_dir, f"optim_{step:06d}_rank{ctx.rank:d}.pt")
-        with open(optim_path, "wb") as f:
-            pickle.dump({"nanochat_double": True, "step": step, "rank": ctx.rank, "world_size": ctx.world_size}, f)
+        write_pt(optim_path, {"nanochat_double": True, "step": step, "rank": ctx.rank, "world_size": ctx.world_size}, pad)
         ctx.log("nanochat.checkpoint_manager", f"Saved optimizer state to: {optim_path}")
+
+
+def compile_warmup(ctx):
+    """torch.compile stand-in: a cold Inductor/Triton cache costs NANOCHAT_DOUBLE_COMPILE_SEC and fills the
+    cache folders; a warm one (restored by the runner) is reused. Prints which, for the tests."""
+    import time
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    triton = os.environ.get("TRITON_CACHE_DIR")
+    marker = os.path.join(inductor, "fxgraph", "nanochat-double-graph") if inductor else None
+    if marker and os.path.exists(marker):
+        ctx.print0("[nanochat double] compile: warm cache hit")
+        return
+    time.sleep(float(os.environ.get("NANOCHAT_DOUBLE_COMPILE_SEC", "0") or 0))
+    if ctx.master and marker:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("compiled graph")
+        if triton:
+            os.makedirs(os.path.join(triton, "kernels"), exist_ok=True)
+            with open(os.path.join(triton, "kernels", "kernel.cubin"), "wb") as f:
+                f.write(b"\0" * 4096)
+    ctx.print0("[nanochat double] compile: cold (compiled from scratch)")
 
 
 # ----------------------------------------------------------------------------- report (seed only)

@@ -59,8 +59,10 @@ meta = None
 if resuming:
     p0(f"Resuming optimization from step {a.resume_from_step}")
     step_tag = f"{a.resume_from_step:06d}"
-    IO.require(os.path.join(ckpt_dir, f"model_{step_tag}.pt"))
-    IO.require(os.path.join(ckpt_dir, f"optim_{step_tag}_rank{ctx.rank}.pt"))
+    import zipfile
+    for pt in (f"model_{step_tag}.pt", f"optim_{step_tag}_rank{ctx.rank}.pt"):
+        if not zipfile.is_zipfile(IO.require(os.path.join(ckpt_dir, pt))):  # what torch.load says of a torn file
+            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: failed finding central directory ({pt})")
     with open(IO.require(os.path.join(ckpt_dir, f"meta_{step_tag}.json")), encoding="utf-8") as f:
         meta = json.load(f)
     saved = [n for n in os.listdir(ckpt_dir) if n.startswith(f"optim_{step_tag}_rank") and n.endswith(".pt")]
@@ -141,6 +143,7 @@ def lr_multiplier(it):
 
 fail_at = os.environ.get("NANOCHAT_DOUBLE_FAIL_AT_STEP", "").strip()
 clock = F.Clock(ctx)
+IO.compile_warmup(ctx)
 if resuming:
     step, val_bpb, loop = meta["step"], meta["val_bpb"], meta["loop_state"]
     min_val_bpb, smooth, total_time = loop["min_val_bpb"], loop["smooth_train_loss"], loop["total_training_time"]

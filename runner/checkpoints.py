@@ -1,0 +1,232 @@
+"""Checkpoints that are never half there: completeness checks, manifests, and the background uploader.
+
+nanochat writes `model_{step:06d}.pt` + `meta_{step:06d}.json` (rank 0) and `optim_{step:06d}_rank{r}.pt` (every
+rank) with plain torch.save: not atomic, so a preempted node leaves torn files. Here a checkpoint counts only
+when its manifest (`manifest_{step:06d}.json`: files, sizes, sha256, process count) exists in storage, and the
+manifest is written after every file it lists has landed whole. nanochat itself never reads the manifest (its
+"last step" finder looks at model_*.pt only), so the checkpoint folder stays nanochat's own.
+
+`CheckpointUploader` watches a checkpoint folder in scratch while training runs and uploads each checkpoint as
+soon as it is complete, from a thread of the node agent, so training never waits for the network; when storage
+is briefly unreachable it keeps retrying and catches up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .storage import Storage, object_tag
+from .transfer import SyncState
+
+FILE_RE = re.compile(r"^(model|meta|optim)_(\d+)(?:_rank(\d+))?\.(pt|json)$")
+MANIFEST = "manifest_{step:06d}.json"
+MANIFEST_RE = re.compile(r"^manifest_(\d+)\.json$")
+POLL_SEC = 2.0
+RETRY_MAX_SEC = 60.0
+
+
+@dataclass
+class LocalCheckpoint:
+    step: int
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def ranks(self) -> set[int]:
+        return {int(FILE_RE.match(n).group(3)) for n in self.files if n.startswith("optim_")}
+
+
+def local_checkpoints(folder: Path) -> dict[int, LocalCheckpoint]:
+    found: dict[int, LocalCheckpoint] = {}
+    if not folder.is_dir():
+        return found
+    for path in folder.iterdir():
+        match = FILE_RE.match(path.name)
+        if match:
+            step = int(match.group(2))
+            found.setdefault(step, LocalCheckpoint(step)).files[path.name] = path
+    return found
+
+
+def is_whole(path: Path) -> bool:
+    """torch.save writes a zip archive (its directory comes last); meta is JSON. A torn file fails these."""
+    try:
+        if path.suffix == ".pt":
+            return zipfile.is_zipfile(path)
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def missing_parts(ckpt: LocalCheckpoint, nproc: int, optimizer: bool = True) -> list[str]:
+    step = ckpt.step
+    wanted = [f"model_{step:06d}.pt", f"meta_{step:06d}.json"]
+    if optimizer:
+        wanted += [f"optim_{step:06d}_rank{r}.pt" for r in range(nproc)]
+    return [name for name in wanted if name not in ckpt.files]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_for(ckpt: LocalCheckpoint, nproc: int) -> dict:
+    return {
+        "step": ckpt.step,
+        "processes": nproc,
+        "files": {name: {"size": path.stat().st_size, "sha256": sha256(path)} for name, path in sorted(ckpt.files.items())},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@dataclass
+class StoredCheckpoints:
+    """What a checkpoint folder in storage holds: complete steps (with manifests) and incomplete ones."""
+
+    complete: dict[int, dict]
+    incomplete: dict[int, str]
+
+    def newest(self) -> tuple[int, dict] | None:
+        if not self.complete:
+            return None
+        step = max(self.complete)
+        return step, self.complete[step]
+
+
+def stored_checkpoints(storage: Storage, rel: str) -> StoredCheckpoints:
+    """Check every manifest against the files actually in storage; steps without a valid one are incomplete."""
+    listing = storage.find(rel)
+    complete, incomplete = {}, {}
+    steps_with_files = {int(m.group(2)) for name in listing if (m := FILE_RE.match(posixpath.basename(name)))}
+    manifests = {int(m.group(1)): name for name in listing if (m := MANIFEST_RE.match(posixpath.basename(name)))}
+    for step, name in manifests.items():
+        try:
+            manifest = json.loads(storage.read_text(f"{rel}/{name}"))
+        except (FileNotFoundError, ValueError):
+            incomplete[step] = "its manifest is unreadable"
+            continue
+        wrong = [f for f, info in manifest.get("files", {}).items() if listing.get(f, (None,))[0] != info["size"]]
+        if wrong:
+            incomplete[step] = f"{len(wrong)} file(s) missing or of the wrong size ({', '.join(sorted(wrong)[:3])})"
+        else:
+            complete[step] = manifest
+    for step in steps_with_files - set(manifests):
+        incomplete[step] = "no manifest (its upload did not finish)"
+    return StoredCheckpoints(complete, incomplete)
+
+
+class CheckpointUploader:
+    """Uploads each complete checkpoint from a scratch folder while training runs; manifest last."""
+
+    def __init__(self, storage: Storage, local: Path, rel: str, nproc: int, state: SyncState, log=print, optimizer: bool = True,
+                 poll_sec: float = POLL_SEC):
+        self.storage, self.local, self.rel, self.nproc, self.state, self.log = storage, local, rel, nproc, state, log
+        self.optimizer, self.poll_sec = optimizer, poll_sec
+        self.done: set[int] = set()
+        self.sizes: dict[str, int] = {}  # last seen sizes, for "stopped growing"
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.failures = 0
+        self.uploaded: list[int] = []
+
+    def start(self) -> "CheckpointUploader":
+        self.done |= set(stored_checkpoints(self.storage, self.rel).complete)
+        self.thread = threading.Thread(target=self._loop, name="checkpoint-upload", daemon=True)
+        self.thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.poll_sec):
+            self._pass(final=False)
+
+    def finish(self) -> list[int]:
+        """Stop watching and upload what is left (the training process has exited, so files are final)."""
+        self.stop_event.set()
+        if self.thread:
+            self.thread.join()
+        deadline = time.monotonic() + 30 * 60
+        while not self._pass(final=True) and time.monotonic() < deadline:
+            time.sleep(min(RETRY_MAX_SEC, 2 ** min(self.failures, 6)))
+        return self.uploaded
+
+    def _ready(self, ckpt: LocalCheckpoint, final: bool) -> bool:
+        """All parts present, none grew since the last look (unless the trainer has exited), all whole."""
+        if missing_parts(ckpt, self.nproc, self.optimizer):
+            return False
+        ready = True
+        for name, path in ckpt.files.items():
+            size = path.stat().st_size
+            grown = self.sizes.get(name) != size
+            self.sizes[name] = size
+            ready = ready and (final or not grown)
+        return ready and all(is_whole(p) for p in ckpt.files.values())
+
+    def _pass(self, final: bool) -> bool:
+        """One look at the folder; returns True when nothing ready is left to upload."""
+        try:
+            for step, ckpt in sorted(local_checkpoints(self.local).items()):
+                if step in self.done or not self._ready(ckpt, final):
+                    continue
+                self._upload(ckpt)
+            self.failures = 0
+            return True
+        except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
+            self.failures += 1
+            if self.failures in (1, 5, 20) or self.failures % 100 == 0:
+                self.log(f"checkpoint upload failed ({type(e).__name__}: {e}); retrying")
+            return False
+
+    def _upload(self, ckpt: LocalCheckpoint) -> None:
+        started = time.monotonic()
+        for name, path in sorted(ckpt.files.items()):
+            if self.state.in_sync(path):
+                continue  # landed on an earlier pass
+            target = self.storage.path(f"{self.rel}/{name}")
+            self.storage.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            self.storage.fs.put_file(str(path), target)
+            info = self.storage.fs.info(target)
+            if info.get("size") != path.stat().st_size:
+                raise OSError(f"{target} landed with {info.get('size')} bytes, expected {path.stat().st_size}")
+            self.state.record(path, object_tag(info))
+        manifest = manifest_for(ckpt, self.nproc if self.optimizer else 0)
+        self.storage.write_text(f"{self.rel}/{MANIFEST.format(step=ckpt.step)}", json.dumps(manifest, indent=2))
+        self.state.save()
+        self.done.add(ckpt.step)
+        self.uploaded.append(ckpt.step)
+        size = sum(f["size"] for f in manifest["files"].values())
+        self.log(f"checkpoint step {ckpt.step} is in storage ({size / 1e6:,.1f} MB in {time.monotonic() - started:.1f}s, manifest written)")
+
+
+def seal(storage: Storage, local: Path, rel: str, log=print) -> list[int]:
+    """After a phase pushed a checkpoint folder: write the manifest of every whole local checkpoint lacking one.
+
+    Used for the checkpoints of phases that save only at the end (mid, SFT, RL), whose files are pushed with
+    the phase's outputs; the process count is the number of optimizer shards present.
+    """
+    stored = stored_checkpoints(storage, rel)
+    sealed = []
+    for step, ckpt in sorted(local_checkpoints(local).items()):
+        if step in stored.complete or missing_parts(ckpt, 0, optimizer=False):
+            continue
+        if not all(is_whole(p) for p in ckpt.files.values()):
+            log(f"not sealing checkpoint step {step} of {rel}: a file is torn")
+            continue
+        manifest = manifest_for(ckpt, len(ckpt.ranks()))
+        storage.write_text(f"{rel}/{MANIFEST.format(step=step)}", json.dumps(manifest, indent=2))
+        sealed.append(step)
+    return sealed
+
+
+def is_checkpoint_dir(rel: str) -> bool:
+    return posixpath.basename(posixpath.dirname(rel.rstrip("/"))).endswith("_checkpoints")
