@@ -114,5 +114,43 @@ def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl
     sys.exit(run_node(the_plan, options))
 
 
+@main.command(short_help="Copy a run's storage between two URLs, incrementally; deletes only with --delete.")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--delete", is_flag=True, help="Also delete files in DST that SRC does not have.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be copied and deleted.")
+@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Files copied at once.")
+@click.option("--src-option", "src_options", multiple=True, metavar="KEY=VALUE", help="fsspec option for SRC (repeatable).")
+@click.option("--dst-option", "dst_options", multiple=True, metavar="KEY=VALUE", help="fsspec option for DST (repeatable).")
+def sync(src, dst, delete, dry_run, workers, src_options, dst_options):
+    """Copy every file of SRC that DST lacks or holds differently (size, then checksum / ETag)."""
+    from .storage import open_storage
+    from .sync import sync as run_sync
+
+    source = open_storage(src, src_options, check=False)
+    if not source.find(""):
+        from .errors import StorageError
+
+        raise StorageError(f"{src} holds no files (or cannot be listed).", ["Check the source URL and its credentials."])
+    target = open_storage(dst, dst_options, check=not dry_run)
+    result = run_sync(source, target, delete=delete, dry_run=dry_run, workers=workers, log=click.echo)
+    verb = "would copy" if dry_run else "copied"
+    click.echo(f"{verb} {len(result.copied)} file(s) ({result.bytes / 1e6:,.1f} MB in {result.seconds:.1f}s), "
+               f"{result.identical} identical, {'would delete' if dry_run else 'deleted'} {len(result.deleted)}")
+    if dry_run:
+        for rel in result.copied:
+            click.echo(f"  copy   {rel}")
+        for rel in result.deleted:
+            click.echo(f"  delete {rel}")
+
+
+from . import cli_backends  # noqa: E402 - the backend commands, which import their heavy parts lazily
+
+main.add_command(cli_backends.up_command(plan_options, make_plan), "up")
+main.add_command(cli_backends.logs)
+main.add_command(cli_backends.status)
+main.add_command(cli_backends.down)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

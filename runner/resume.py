@@ -26,14 +26,19 @@ def _drop_local(folder: Path, keep_step: int | None) -> None:
                 path.unlink(missing_ok=True)
 
 
-def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncState, log=print) -> int | None:
+def report_incomplete(stored, rel: str, log=print) -> None:
+    for step, why in sorted(stored.incomplete.items()):
+        log(f"ignoring checkpoint step {step} of {rel}: {why}")
+
+
+def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncState, log=print, stored=None) -> int | None:
     """Pull only the newest complete checkpoint of `rel` (what nanochat will load); returns its step.
 
     A folder without any manifest (made by hand, or by an older tool) is pulled whole, as it is.
     """
-    stored = stored_checkpoints(storage, rel)
-    for step, why in sorted(stored.incomplete.items()):
-        log(f"ignoring checkpoint step {step} of {rel}: {why}")
+    if stored is None:
+        stored = stored_checkpoints(storage, rel)
+        report_incomplete(stored, rel, log)
     candidates = sorted(stored.complete.items(), reverse=True)
     if not candidates:
         if not stored.incomplete:
@@ -59,6 +64,7 @@ def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh:
     """Extra arguments for a resumable step: `FLAG=N` to resume from storage, or none for a fresh start."""
     rel = step.checkpoints
     stored = stored_checkpoints(storage, rel)
+    report_incomplete(stored, rel, log)
     if fresh or not stored.complete:
         if stored.complete:
             # This training starts over: old manifests must not pass for checkpoints of the new one.
@@ -74,7 +80,7 @@ def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh:
             f"processes, but this plan runs {step.nproc}; nanochat shards optimizer state per process.",
             [f"Resume with --gpus {manifest['processes']}.", "Or start base training over with --from base (earlier checkpoints are overwritten)."],
         )
-    resumed = stage_newest_complete(storage, rel, local, state, log=log)
+    resumed = stage_newest_complete(storage, rel, local, state, log=log, stored=stored)
     if resumed is None:
         return []
     log(f"{step.name}: resuming from step {resumed}, the newest complete checkpoint in storage")

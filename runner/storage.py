@@ -73,6 +73,7 @@ class Storage:
         The tag (ETag on S3, mtime locally) changes when an object is rewritten, even at the same size.
         """
         base = self.path(rel).rstrip("/")
+        self.invalidate(base)  # another process (or thread) may have written here: never trust a cached listing
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -86,9 +87,9 @@ class Storage:
             out[relative] = (int(info.get("size") or 0), object_tag(info))
         return out
 
-    def invalidate(self) -> None:
+    def invalidate(self, path: str | None = None) -> None:
         if hasattr(self.fs, "invalidate_cache"):
-            self.fs.invalidate_cache()
+            self.fs.invalidate_cache(path)
 
 
 def object_tag(info: dict) -> str:
@@ -184,7 +185,7 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
         raise StorageError(f"The {protocol}:// filesystem is not installed ({e}).", ["pip install s3fs (it comes with nanochat-runner)."])
     except TypeError as e:
         raise StorageError(f"A --storage-option is not understood by the {protocol} filesystem: {e}.", ["Check the option names against the fsspec/s3fs docs."])
-    if protocol == "file":
+    if protocol == "file" and check:
         os.makedirs(path, exist_ok=True)
     storage = Storage(fs=fs, root=path, url=url if "://" in url else path)
     if check:

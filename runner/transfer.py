@@ -18,10 +18,21 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from tenacity import retry, retry_if_not_exception_type, stop_after_delay, wait_exponential
+
 from .errors import RunnerError, TransferError
 from .storage import Storage, explain_storage_error, object_tag
 
 DEFAULT_WORKERS = 8
+# A file copy that fails for a transient reason (storage restarting, a dropped connection) is retried for this
+# long before the phase gives up; a wrong size (TransferError) is not transient and is raised at once.
+RETRY_FOR_SEC = 180
+retry_transient = retry(
+    stop=stop_after_delay(RETRY_FOR_SEC),
+    wait=wait_exponential(multiplier=1, max=15),
+    retry=retry_if_not_exception_type((TransferError, PermissionError, FileNotFoundError)),
+    reraise=True,
+)
 STATE_FILE = ".runner-sync-state.json"
 
 
@@ -164,6 +175,7 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
     progress = Progress(f"pull {rel}", len(todo), total, log)
     start = time.monotonic()
 
+    @retry_transient
     def fetch(sub: str, size: int, target: Path, tag: str) -> None:
         source = storage.path(posixpath.join(rel, sub) if sub else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +217,7 @@ def push(storage: Storage, local: Path, rel: str, state: SyncState, workers: int
     progress = Progress(f"push {rel}", len(todo), total, log)
     start = time.monotonic()
 
+    @retry_transient
     def send(path: Path, sub: str) -> None:
         target = storage.path(posixpath.join(rel, sub) if sub else rel)
         size = path.stat().st_size

@@ -95,3 +95,35 @@ def node_run(storage: str, double: Path, env: dict, *extra: str, model: str = "s
     args = ["node", "run", "--storage", storage, "--recipe", recipe, "--model", model, "--nanochat-dir", str(double),
             "--python", sys.executable, "--heartbeat-sec", "30", "--run-id", "test-run", *extra]
     return runner(args, env)
+
+
+def smoke_plan(tmp_path: Path, iterations: int = 40, save_every: int = 5) -> Path:
+    """The seed smoke plan with a longer base_train that checkpoints often (for the fault-injection tests)."""
+    result = runner(["plan", "--model", "smoke", "--json"], base_env(tmp_path))
+    plan = json.loads(result.output)
+    for phase in plan["phases"]:
+        for step in phase["steps"]:
+            if step["name"] == "base_train":
+                step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))]
+                step["args"] += [f"--num_iterations={iterations}", f"--save_every={save_every}"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def start_node(plan: Path, storage: str, double: Path, env: dict, log: Path, *extra: str) -> subprocess.Popen:
+    """`runner node run` in the background, output to `log`; the caller stops it (by PID)."""
+    args = [sys.executable, "-m", "runner.cli", "node", "run", "--plan", str(plan), "--storage", storage, "--nanochat-dir",
+            str(double), "--python", sys.executable, "--run-id", "fault", *extra]
+    return subprocess.Popen(args, env=env, cwd=str(REPO), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -392,6 +392,20 @@ class SeaweedFS:
         self._reap(timeout)
         self._close_log()
 
+    def outage(self, down_seconds: float) -> None:
+        """Stop the server, stay down for `down_seconds`, then start it again on the same ports with the same
+        data: what a network blip or a restarted S3 gateway looks like to a client. Call it from a thread that
+        outlives the server (the main one): weed is told to exit when the thread that started it ends."""
+        ports, weed = dict(self.ports), self._weed or find_weed()
+        self._reap()
+        time.sleep(down_seconds)
+        (self.data_dir / "mini.options").unlink(missing_ok=True)
+        log_offset = self.log_path.stat().st_size
+        self._launch(Path(weed), ports)
+        outcome = self._wait_ready(time.monotonic() + self.startup_timeout, log_offset)
+        if outcome != "ready":
+            raise RuntimeError(f"SeaweedFS did not come back after an outage ({outcome}); log {self.log_path}")
+
     def _reap(self, timeout: float = STOP_TIMEOUT_S, remove_socket: bool = True) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
