@@ -5,6 +5,7 @@ plus the model-size arithmetic (parameter count, FLOPs per token, training horiz
 how many steps base_train takes. The arithmetic approximates nanochat's GPT; it is not exact.
 """
 import math
+import os
 import time
 
 SAMPLE_PROMPTS = [
@@ -70,6 +71,15 @@ class Clock:
 
     def step(self, flops=0.0):
         t0 = time.time()
+        work_mb = float(os.environ.get("NANOCHAT_DOUBLE_STEP_CPU_MB", "0") or 0)
+        if work_mb > 0:
+            # A fixed amount of CPU work per step: its measured dt grows when something else takes the CPU
+            # (how benchmarks see the stall that a background upload causes).
+            block = b"\0" * (1 << 20)
+            digest = __import__("hashlib").sha256()
+            for _ in range(int(work_mb)):
+                digest.update(block)
+            return time.time() - t0
         if self.ctx.step_sleep() > 0:
             return time.time() - t0
         return max(flops / (989e12 * self.ctx.world_size * 0.45), 0.001)
