@@ -114,6 +114,58 @@ def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl
     sys.exit(run_node(the_plan, options))
 
 
+@main.command(short_help="Write a run's report (metrics, costs, plots) into its storage.")
+@click.argument("run_id", metavar="RUN")
+@click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="The run's storage URL.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option (repeatable).")
+@click.option("--html", "as_html", is_flag=True, help="Also render it as one standalone HTML page.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here on this machine.")
+def report(run_id, storage, storage_options, as_html, output):
+    """Read RUN back from storage and write _runner/runs/RUN/report/report.md (and .html) with its plots."""
+    from .report import write
+    from .storage import open_storage
+
+    store = open_storage(storage, storage_options, check=False)
+    url, data = write(store, run_id, as_html=as_html)
+    if output:
+        rel = url.removeprefix(store.url.rstrip("/") + "/")
+        with open(output, "w") as f:
+            f.write(store.read_text(rel))
+    click.echo(f"report: {url} ({len(data['metrics'])} steps with metrics, plots: {', '.join(data['plots']) or 'none'})")
+
+
+@main.command("ls", short_help="List the runs in a storage URL with state, phase, model and cost.")
+@click.argument("storage")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls(storage, storage_options, as_json):
+    """The runs under STORAGE, newest first."""
+    import json as json_module
+
+    from .live import summarize
+    from .runlogs import list_runs, load_run
+    from .storage import open_storage
+
+    store = open_storage(storage, storage_options, check=False)
+    rows = []
+    for run_id in list_runs(store):
+        status, plan = load_run(store, run_id)
+        summary = summarize(store, status, plan)
+        last = next((n for n, info in reversed(list(status["phases"].items())) if info["state"] not in ("pending",)), None)
+        rows.append({**summary, "last_phase": last, "started_at": status.get("started_at")})
+    rows.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+    if as_json:
+        click.echo(json_module.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No runs in {store.url}.")
+        return
+    click.echo(f"{'run':<40} {'state':<30} {'last phase':<11} {'model':<7} {'cost':>10}")
+    for r in rows:
+        cost = ", ".join(f"{b} ${d:,.2f}" for b, d in r["dollars"].items()) if len(r["dollars"]) == 1 else f"${min(r['dollars'].values()):,.2f}+"
+        click.echo(f"{r['run_id']:<40} {r['state']:<30} {r['last_phase'] or '-':<11} {r['model'] or '-':<7} {cost:>10}")
+
+
 @main.command(short_help="Copy a run's storage between two URLs, incrementally; deletes only with --delete.")
 @click.argument("src")
 @click.argument("dst")

@@ -268,7 +268,10 @@ class NodeAgent:
         uploader = None
         if step.resume_flag:
             local_ckpt = self.base_dir / step.checkpoints
-            args += prepare_resume(self.storage, step, local_ckpt, self.state, fresh=phase.name in self.forced, log=say)
+            resume = prepare_resume(self.storage, step, local_ckpt, self.state, fresh=phase.name in self.forced, log=say)
+            if resume:
+                self.status.data["resumes"].append({"phase": phase.name, "step": step.name, "from": resume[0].split("=")[1], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            args += resume
             uploader = CheckpointUploader(self.storage, local_ckpt, step.checkpoints, step.nproc, self.state, log=say).start()
         cache = self._restore_compile_cache() if step.compiles else None
         argv = command(self.nanochat, step.__class__(**{**step.__dict__, "args": args}))
@@ -316,7 +319,9 @@ class NodeAgent:
 
     def _restore_compile_cache(self) -> CompileCache:
         if self.compile_cache is None:
-            key = cache_key(probe(self.nanochat.python, self.nanochat.root), self.plan)
+            versions = probe(self.nanochat.python, self.nanochat.root)
+            self.status.set(versions={**versions, "nanochat": self.nanochat.commit})
+            key = cache_key(versions, self.plan)
             self.compile_cache = CompileCache(self.storage, self.cache_dir, key, log=say)
         try:
             outcome = self.compile_cache.restore()

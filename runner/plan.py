@@ -73,6 +73,7 @@ class Plan:
     preseed: dict
     phases: list[Phase]
     run_id: str = ""
+    backend: str = ""  # where it runs (set by `runner up`); prices the live cost
     version: int = PLAN_VERSION
 
     @property

@@ -48,7 +48,11 @@ class StatusFile:
             "eval_failures": [],
             "skipped": [],
             "attempts": 1,
+            "node_seconds": 0.0,  # wall time of every attempt so far: what the node was billed for
+            "resumes": [],
         }
+        self.attempt_started = time.monotonic()
+        self.seconds_before = 0.0
         self._continue_previous(plan)
 
     def _continue_previous(self, plan) -> None:
@@ -63,6 +67,10 @@ class StatusFile:
         self.data["metrics"] = previous.get("metrics", {})
         self.data["started_at"] = previous.get("started_at", self.data["started_at"])
         self.data["attempts"] = int(previous.get("attempts", 1)) + 1
+        self.data["resumes"] = previous.get("resumes", [])
+        self.seconds_before = float(previous.get("node_seconds", 0.0))
+        if previous.get("compile_cache"):
+            self.data["compile_cache_history"] = previous.get("compile_cache_history", []) + [previous["compile_cache"]]
 
     def set(self, **fields) -> None:
         with self.lock:
@@ -91,6 +99,7 @@ class StatusFile:
     def write(self) -> None:
         with self.lock:
             self.data["updated_at"] = now_iso()
+            self.data["node_seconds"] = round(self.seconds_before + time.monotonic() - self.attempt_started, 1)
             text = json.dumps(self.data, indent=2)
             self.last_write = time.monotonic()
         try:

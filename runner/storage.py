@@ -51,17 +51,19 @@ class Storage:
             return f.read().decode()
 
     def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a small file whole; on object stores a PUT is atomic, locally we write then rename."""
         target = self.path(rel)
-        parent = posixpath.dirname(target)
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "w") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data)
             os.replace(tmp, target)
             return
-        self.fs.pipe_file(target, text.encode())
+        self.fs.pipe_file(target, data)
 
     def remove(self, rel: str) -> None:
         if self.fs.exists(self.path(rel)):

@@ -1,0 +1,93 @@
+"""Reading a run back from storage: its status, plan and phase logs, and the series and metrics in the logs.
+
+Shared by `runner status`, `runner report` and `runner ls`; everything here reads, nothing writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from .errors import RunnerError
+from .progress import parse_line
+from .status import run_dir
+from .storage import RUNNER_DIR, Storage
+
+HEADER = re.compile(r"^==== (\w+)/(\w+): ")
+CORE_CSV = re.compile(r"^CORE\s*,.*,\s*([0-9.]+)\s*$")  # seed base_eval's results table
+
+
+@dataclass
+class Series:
+    """Per-step values of one training step (e.g. base/base_train)."""
+
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    tok_per_sec: list[tuple[int, float]] = field(default_factory=list)
+    val_bpb: list[tuple[int, float]] = field(default_factory=list)
+
+
+def list_runs(storage: Storage) -> list[str]:
+    names = {path.split("/")[0] for path in storage.find(f"{RUNNER_DIR}/runs") if path.endswith("status.json")}
+    return sorted(names)
+
+
+def read_json(storage: Storage, rel: str) -> dict | None:
+    try:
+        return json.loads(storage.read_text(rel))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def load_run(storage: Storage, run_id: str) -> tuple[dict, dict | None]:
+    status = read_json(storage, f"{run_dir(run_id)}/status.json")
+    if status is None:
+        known = list_runs(storage)
+        raise RunnerError(
+            f"No run {run_id!r} in {storage.url}.",
+            [f"Runs there: {', '.join(known) if known else 'none'} (`runner ls {storage.url}`)."],
+        )
+    return status, read_json(storage, f"{run_dir(run_id)}/plan.json")
+
+
+def phase_logs(storage: Storage, run_id: str) -> dict[str, dict[str, list[str]]]:
+    """{phase: {step: lines}} from the logs in storage, split at the runner's `==== phase/step:` headers."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in storage.find(f"{run_dir(run_id)}/logs"):
+        if not name.endswith(".log"):
+            continue
+        phase = name.removesuffix(".log")
+        current = "_"
+        for line in storage.read_text(f"{run_dir(run_id)}/logs/{name}").splitlines():
+            match = HEADER.match(line)
+            if match:
+                current = match.group(2)
+            out.setdefault(phase, {}).setdefault(current, []).append(line)
+    return out
+
+
+def training_series(lines: list[str]) -> Series:
+    series = Series()
+    for line in lines:
+        progress, metrics = parse_line(line)
+        if "step" in progress and "loss" in progress:
+            series.loss.append((progress["step"], progress["loss"]))
+        if "step" in progress and "tok_per_sec" in progress:
+            series.tok_per_sec.append((progress["step"], progress["tok_per_sec"]))
+        if "val_bpb" in metrics:
+            found = re.match(r"^Step (\d+)", line.strip())
+            if found:
+                series.val_bpb.append((int(found.group(1)), metrics["val_bpb"]))
+    return series
+
+
+def step_metrics(lines: list[str]) -> dict[str, float]:
+    """The last value of every metric a step printed (CORE, val bpb, per-task accuracies, ChatCORE)."""
+    found: dict[str, float] = {}
+    for line in lines:
+        _, metrics = parse_line(line)
+        found.update(metrics)
+        csv = CORE_CSV.match(line.strip())
+        if csv:
+            found["core"] = float(csv.group(1))
+    return found
