@@ -1,6 +1,53 @@
 """Backends: they provide GPUs, reach the storage and start `runner node run` detached.
 
-Each backend (local Docker, SSH host, Modal) implements the same small interface: dry-run, submit → handle,
-status, logs (with follow) and cancel, where the handle string alone is enough to reattach. The node agent
-itself lives in `runner/` and is identical on every backend.
+Each backend (local Docker, SSH host, Modal) implements the small interface in `backends.base`: dry-run,
+preflight, submit → handle, describe, logs (with follow) and cancel, where the handle string alone is enough to
+reattach. The node agent itself lives in `runner/` and is identical on every backend.
+
+Backends are registered here by name and imported only when asked for, so `runner --help` loads no Docker SDK.
 """
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Backend, BackendError, split_handle
+
+# name -> "module:Class" (None: planned, not available in this version)
+REGISTRY: dict[str, str | None] = {
+    "local": "backends.local:LocalBackend",
+    "ssh": None,
+    "modal": None,
+}
+DEFAULT = "local"
+
+_PLANNED_FIXES = {
+    "ssh": [
+        "On the GPU host itself, install the runner and run the node agent there (README: \"Run the speedrun\"): "
+        "`runner node run --model d20 --gpus 8 --storage s3://BUCKET/nanochat`, inside tmux so it survives a dropped link.",
+        "Or, on a host with Docker and the NVIDIA container toolkit, run `runner up --backend local` there.",
+    ],
+    "modal": [
+        "Use `runner up --backend local` on a machine with NVIDIA GPUs and Docker, or",
+        "run `runner node run` on any GPU machine (README: \"Run the speedrun\").",
+    ],
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`, imported on first use."""
+    if name not in REGISTRY:
+        raise BackendError(f"Unknown backend {name!r}.", [f"Use one of: {', '.join(REGISTRY)}."])
+    target = REGISTRY[name]
+    if target is None:
+        available = ", ".join(n for n, t in REGISTRY.items() if t)
+        raise BackendError(f"The {name} backend is not available yet in this version (available: {available}).", _PLANNED_FIXES[name])
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def backend_for(run: str) -> tuple[Backend, str]:
+    """(backend, handle) for what a user typed: a handle (`local://...`) or a bare run id / name (local)."""
+    scheme, rest = split_handle(run)
+    backend = get_backend(scheme or DEFAULT)
+    return backend, backend.handle_for(rest)

@@ -81,3 +81,102 @@ def stopped_s3_endpoint() -> Iterator[str]:
     """``http://127.0.0.1:<port>`` where nothing listens (connections are refused) for the test's duration."""
     with seaweedfs.unused_endpoint() as url:
         yield url
+
+
+# -- Docker: a real engine, the runner image built offline (tests/infra/docker_engine.py, tests/infra/image.py) ----
+
+import time  # noqa: E402
+
+from tests.infra import docker_engine as _docker_engine  # noqa: E402
+from tests.infra import image as _image  # noqa: E402
+
+
+def _start_engine(tmp_path_factory: pytest.TempPathFactory, **options: Any) -> Iterator[_docker_engine.DockerEngine]:
+    if _docker_engine.find_dockerd() is None:
+        pytest.fail(_docker_engine.MISSING_DOCKERD_HINT, pytrace=False)
+    engine = _docker_engine.DockerEngine(**options).start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        engine.remove()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_docker_engine.DockerEngine]:
+    """dockerd with the stand-in NVIDIA hook (GPU requests become NVIDIA_VISIBLE_DEVICES), stopped by PID at the end."""
+    yield from _start_engine(tmp_path_factory, nvidia_hook=True, bridge=True)
+
+
+@pytest.fixture(scope="session")
+def docker_engine_without_gpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_docker_engine.DockerEngine]:
+    """A second dockerd with no NVIDIA hook anywhere on its PATH, as on a box without the container toolkit."""
+    yield from _start_engine(tmp_path_factory, nvidia_hook=False, bridge=False)
+
+
+@pytest.fixture(scope="session")
+def runner_image(docker_engine: _docker_engine.DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real Dockerfile built offline on the engine (Debian base, the nanochat double, a wheelhouse); its tag."""
+    from backends.local_image import build
+
+    from tests.harness import COMMITS
+
+    client = docker_engine.client(timeout=900)
+    _image.import_base(client)
+    context = tmp_path_factory.mktemp("image") / "context"
+    build_args = _image.make_context(context, COMMITS["seed"])
+    started = time.monotonic()
+    lines: list[str] = []
+    try:
+        build(client, _image.TEST_IMAGE, context, build_args, lines.append)
+    except Exception:
+        print("\n".join(lines[-60:]))
+        raise
+    _image.TIMINGS["image build (offline, legacy builder)"] = time.monotonic() - started
+    client.close()
+    return _image.TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def image_flags_dir(docker_engine: _docker_engine.DockerEngine, runner_image: str) -> str:
+    """Where the image's runner keeps the flag tables, which the nanochat double reads (NANOCHAT_DOUBLE_FLAGS_DIR)."""
+    client = docker_engine.client()
+    code = "import pathlib, runner; print(pathlib.Path(runner.__file__).parent / 'recipes')"
+    out = client.containers.run(runner_image, ["-c", code], entrypoint=["/opt/runner/bin/python"], remove=True, network_mode="none")
+    client.close()
+    return out.decode().strip()
+
+
+@pytest.fixture
+def docker_env(docker_engine: _docker_engine.DockerEngine, tmp_path: Path) -> dict[str, str]:
+    """os.environ for a `runner`/`docker` subprocess aimed at the test engine; compose comes from the test extra."""
+    import os
+
+    config = tmp_path / "docker-config"
+    (config / "cli-plugins").mkdir(parents=True)
+    compose = Path(_image.compose_binary())
+    (config / "cli-plugins" / "docker-compose").symlink_to(compose)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WANDB_", "RUNNER_", "NANOCHAT_DOUBLE"))}
+    env.update(docker_engine.env())
+    env["DOCKER_CONFIG"] = str(config)
+    env["PYTHONPATH"] = str(_REPO_ROOT)
+    return env
+
+
+@pytest.fixture
+def no_leftover_containers(docker_engine: _docker_engine.DockerEngine) -> Iterator[None]:
+    """Fails the test if it leaves any container behind on the engine (and removes them)."""
+    yield
+    client = docker_engine.client()
+    left = client.containers.list(all=True)
+    for container in left:
+        container.remove(force=True)
+    client.close()
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _image.TIMINGS:
+        terminalreporter.write_sep("-", "docker timings")
+        for what, seconds in _image.TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {seconds:.1f} s")
