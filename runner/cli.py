@@ -166,6 +166,28 @@ def ls(storage, storage_options, as_json):
         click.echo(f"{r['run_id']:<40} {r['state']:<30} {r['last_phase'] or '-':<11} {r['model'] or '-':<7} {cost:>10}")
 
 
+@main.command(short_help="Chat with a run's trained model (terminal, or the web UI with --web).")
+@click.argument("run_id", metavar="RUN")
+@click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="The run's storage URL.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option (repeatable).")
+@click.option("-p", "--prompt", default=None, help="Ask one question and print the answer (default: interactive).")
+@click.option("--web", is_flag=True, help="Serve nanochat's chat web UI on 127.0.0.1 instead.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port of the web UI.")
+@click.option("--source", type=click.Choice(["rl", "sft", "mid"]), default=None, help="Which model (default: the most trained).")
+@click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR).")
+@click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies.")
+@click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Local disk for the staged checkpoint.")
+def chat(run_id, storage, storage_options, prompt, web, port, source, nanochat_dir, python_exe, scratch):
+    """Run nanochat's chat CLI (or web UI) here, against RUN's final checkpoint staged from storage."""
+    from pathlib import Path
+
+    from .chat import chat as run_chat
+    from .node import default_scratch
+
+    where = Path(scratch).expanduser() if scratch else default_scratch()
+    sys.exit(run_chat(run_id, storage, storage_options, nanochat_dir, python_exe, where, prompt, web, port, source, log=click.echo))
+
+
 @main.command(short_help="Copy a run's storage between two URLs, incrementally; deletes only with --delete.")
 @click.argument("src")
 @click.argument("dst")

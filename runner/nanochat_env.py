@@ -60,7 +60,8 @@ def locate(nanochat_dir: str | None, python: str | None, plan_commit: str, recip
             "its flags were checked against that commit only.",
             [f"git -C {root} checkout {plan_commit[:7]}", "or choose the recipe for the checkout you have (`runner plan --recipe ...`)."],
         )
-    interpreter = python or str(root / ".venv" / "bin" / "python")
+    # Absolute (the phases run with the checkout as cwd), but not resolved: a venv's python is a symlink.
+    interpreter = os.path.abspath(python) if python and os.sep in python else (python or str(root / ".venv" / "bin" / "python"))
     if not Path(interpreter).exists() and not python:
         raise NanochatError(
             f"nanochat's venv is missing ({interpreter}).",

@@ -143,3 +143,21 @@ def run_streamed(argv: list[str], cwd: str, env: dict, sink: LogSink, on_line, h
         reader.join(timeout=5)
         if proc.stdout:
             proc.stdout.close()
+
+
+def run_interactive(argv: list[str], cwd: str, env: dict) -> int:
+    """Run a command on this terminal (chat): stdin/stdout are its own. It dies with us, even by SIGKILL, and
+    SIGTERM or Ctrl-C to us stops it before we exit."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, preexec_fn=_die_with_parent)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                proc.terminate()  # it got the terminal's SIGINT too; make sure it goes
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
