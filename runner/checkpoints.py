@@ -33,6 +33,26 @@ POLL_SEC = 2.0
 RETRY_MAX_SEC = 60.0
 
 
+def lower_priority() -> None:
+    """Make the calling thread, and fsspec's I/O thread that does the hashing and signing of uploads, yield the
+    CPU to the trainer (Linux applies nice per thread). Uploads still use every idle cycle."""
+    import os
+
+    threads = [threading.get_native_id()]
+    try:
+        import fsspec.asyn
+
+        if fsspec.asyn.iothread[0] is not None:
+            threads.append(fsspec.asyn.iothread[0].native_id)
+    except (ImportError, AttributeError):
+        pass
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except (OSError, AttributeError):
+            pass
+
+
 @dataclass
 class LocalCheckpoint:
     step: int
@@ -147,6 +167,7 @@ class CheckpointUploader:
         return self
 
     def _loop(self) -> None:
+        lower_priority()
         while not self.stop_event.wait(self.poll_sec):
             self._pass(final=False)
 

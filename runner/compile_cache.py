@@ -120,6 +120,9 @@ class CompileCache:
             return
 
         def run() -> None:
+            from .checkpoints import lower_priority
+
+            lower_priority()
             try:
                 self.save(reason)
             except Exception as e:  # noqa: BLE001 - a cache is an optimisation: never fail the run for it

@@ -66,6 +66,9 @@ class LogSink:
                 self.log(f"could not upload the log to storage ({type(e).__name__}: {e}); will retry")
 
     def _loop(self) -> None:
+        from .checkpoints import lower_priority
+
+        lower_priority()
         while not self.stop.is_set():
             self.stop.wait(self.interval)
             if self.dirty.is_set():
