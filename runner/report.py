@@ -108,9 +108,9 @@ def build(storage: Storage, run_id: str) -> tuple[str, dict[str, bytes], dict]:
     history = status.get("compile_cache_history", []) + ([cache] if cache else [])
     ckpt = newest_checkpoint(storage, plan_raw)
     out += ["## Resilience", "",
-            f"- compile cache: " + (", ".join(f"attempt {i + 1}: {c.get('restore', '?')}" for i, c in enumerate(history)) or "not used") + (f" (key `{cache.get('key')}`)" if cache else ""),
-            f"- resumes: " + (", ".join(f"{r['phase']}/{r['step']} from step {r['from']} at {r['at']}" for r in status.get("resumes", [])) or "none"),
-            f"- newest complete checkpoint: " + (f"step {ckpt['step']} of {ckpt['folder']}" if ckpt else "none"),
+            "- compile cache: " + (", ".join(f"attempt {i + 1}: {c.get('restore', '?')}" for i, c in enumerate(history)) or "not used") + (f" (key `{cache.get('key')}`)" if cache else ""),
+            "- resumes: " + (", ".join(f"{r['phase']}/{r['step']} from step {r['from']} at {r['at']}" for r in status.get("resumes", [])) or "none"),
+            "- newest complete checkpoint: " + (f"step {ckpt['step']} of {ckpt['folder']}" if ckpt else "none"),
             f"- evaluation failures: {', '.join(status.get('eval_failures', [])) or 'none'}",
             f"- skipped: {', '.join(status.get('skipped', [])) or 'none'}", ""]
     if plots:
