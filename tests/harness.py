@@ -42,10 +42,6 @@ def read_calls(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def scripts_called(path: Path) -> list[str]:
-    return [c["script"] for c in read_calls(path)]
-
-
 def preseed_files(root: Path, recipe: str = "seed") -> None:
     """Put every pre-seed item into a local folder, as an air-gapped user would (copied into storage later)."""
     (root / "eval_bundle").mkdir(parents=True, exist_ok=True)

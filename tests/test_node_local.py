@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from harness import base_env, make_double, node_run, preseed_files, read_calls, scripts_called
+from harness import base_env, make_double, node_run, preseed_files, read_calls
 
 SEED_SMOKE_SCRIPTS = [
     "nanochat.report", "nanochat.dataset", "scripts.tok_train", "scripts.tok_eval", "scripts.base_train",
