@@ -11,14 +11,17 @@ stand-in hook written here only reads its stdin and exits 0. An engine started w
 such driver: a GPU request fails at container start, exactly as on a box without the NVIDIA container toolkit.
 
 Stopping is by PID: SIGTERM, a bounded wait, SIGKILL. dockerd leaves `<exec-root>/netns/default` mounted and, with
-a bridge, a `docker0` link behind; both are removed. Only one engine at a time may own `docker0`, so a second
-engine is started with `bridge=False` (no bridge, no iptables; its containers use `network_mode="none"`).
+a bridge, a `docker0` link behind; both are removed. Only one engine at a time may own `docker0` and the iptables
+chains, so a second engine in a session is started with `bridge=False` (no bridge, no iptables; its containers use
+`network_mode="none"`), and engines with a bridge in other test sessions on this machine (a developer's run beside
+CI's) take turns through a file lock, waiting at most LOCK_WAIT_S.
 
 By hand: `python -m tests.infra.docker_engine` starts one in the foreground and prints its DOCKER_HOST.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -29,6 +32,8 @@ from pathlib import Path
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+LOCK_WAIT_S = 1800.0
+LOCK_FILE = Path("/tmp/nanochat-runner-tests-dockerd.lock")
 HOOK = "nvidia-container-runtime-hook"
 HOOK_SCRIPT = "#!/bin/sh\n# Test stand-in for the NVIDIA container toolkit's hook: accept the OCI state, change nothing.\ncat >/dev/null\nexit 0\n"
 MISSING_DOCKERD_HINT = "dockerd is not installed (Debian package docker.io). Set up the test environment with: bash tests/run.sh"
@@ -47,6 +52,7 @@ class DockerEngine:
         self.nvidia_hook, self.bridge = nvidia_hook, bridge
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._lock = None
 
     @property
     def host(self) -> str:
@@ -98,10 +104,26 @@ class DockerEngine:
             cmd += ["--bridge=none", "--iptables=false", "--ip-masq=false"]
         env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
         env["PATH"] = os.pathsep.join(path)
+        if self.bridge:
+            self._take_bridge_lock()
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._wait_ready()
         return self
+
+    def _take_bridge_lock(self) -> None:
+        self._lock = LOCK_FILE.open("a")
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._lock.close()
+                    self._lock = None
+                    raise RuntimeError(f"Another test session's dockerd has held {LOCK_FILE} for {LOCK_WAIT_S:.0f} s (docker0 is taken).")
+                time.sleep(1.0)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -142,6 +164,9 @@ class DockerEngine:
             subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         if self.bridge and Path("/sys/class/net/docker0").exists():
             subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True, timeout=30)
+        if self._lock is not None:  # closing the file releases the lock for the next session's engine
+            self._lock.close()
+            self._lock = None
 
     def remove(self) -> None:
         """Delete the engine's folder (images, containers, logs); only after `stop`."""
