@@ -115,16 +115,22 @@ def docker_engine_without_gpus(tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session")
-def runner_image(docker_engine: _docker_engine.DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> str:
+def image_context(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """(build context, build args) of the offline test build: the repository's image files, the double, wheels."""
+    from tests.harness import COMMITS
+
+    context = tmp_path_factory.mktemp("image") / "context"
+    return context, _image.make_context(context, COMMITS["seed"])
+
+
+@pytest.fixture(scope="session")
+def runner_image(docker_engine: _docker_engine.DockerEngine, image_context: tuple[Path, dict[str, str]]) -> str:
     """The real Dockerfile built offline on the engine (Debian base, the nanochat double, a wheelhouse); its tag."""
     from backends.local_image import build
 
-    from tests.harness import COMMITS
-
     client = docker_engine.client(timeout=900)
     _image.import_base(client)
-    context = tmp_path_factory.mktemp("image") / "context"
-    build_args = _image.make_context(context, COMMITS["seed"])
+    context, build_args = image_context
     started = time.monotonic()
     lines: list[str] = []
     try:

@@ -145,6 +145,19 @@ def test_down_stops_a_running_run_and_a_rerun_continues(docker_env, runner_image
     assert runner(docker_env, "down", "stop-me").returncode == 0
 
 
+def test_up_builds_a_missing_image_from_the_context(docker_env, docker_engine, runner_image, image_context, image_flags_dir, storage, no_leftover_containers):
+    """No image under the asked tag: `runner up` builds it from the context (cached layers make this quick here)."""
+    context, build_args = image_context
+    args = [f"--build-arg={k}={v}" for k, v in build_args.items() if k != "NANOCHAT_REF"]  # up passes the plan's commit
+    result = runner(docker_env, *up_args(storage, "nanochat-runner:built-by-up", image_flags_dir, "built", "--context", str(context), *args))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "building image nanochat-runner:built-by-up" in out and "nanochat a1ccb3d" in out
+    assert "run built: succeeded (exit 0)" in out
+    assert runner(docker_env, "down", "built").returncode == 0
+    docker_engine.client().images.remove("nanochat-runner:built-by-up")
+
+
 @pytest.mark.parametrize(
     "gpus, gpu_ids, visible",
     [(8, None, "0,1,2,3,4,5,6,7"), (1, "all", "all"), (2, "1,3", "1,3")],
