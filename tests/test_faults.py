@@ -148,19 +148,18 @@ def test_an_s3_outage_mid_run_is_ridden_out(tmp_path, monkeypatch):
         url = "s3://outage/run"
         seed_bucket(url, server.storage_options(), tmp_path)
         plan, double = smoke_plan(tmp_path), make_double(tmp_path)
-        env = base_env(tmp_path, dict(server.env(), NANOCHAT_DOUBLE_STEP_SEC="0.25"))
+        env = base_env(tmp_path, dict(server.env(), NANOCHAT_DOUBLE_STEP_SEC="0.3"))  # 40 steps: 12 s of training
         storage = open_storage(url, check=False)
         proc = start_node(plan, url, double, env, tmp_path / "run.log")
         try:
             wait_for(lambda: 5 in stored_checkpoints(storage, "base_checkpoints/d4").complete, "the first checkpoint", proc)
-            server.outage(4.0)  # in this thread: weed dies with the thread that started it (PDEATHSIG)
+            server.outage(6.0)  # in this thread: weed dies with the thread that started it (PDEATHSIG)
+            assert proc.poll() is None, "the run ended before the outage was over: it proves nothing"
             assert proc.wait(timeout=WAIT_SEC) == 0, (tmp_path / "run.log").read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        log = (tmp_path / "run.log").read_text()
-        assert "retrying" in log or "will retry" in log  # it noticed the outage
         storage.invalidate()
         assert set(stored_checkpoints(storage, "base_checkpoints/d4").complete) == {5 * i for i in range(1, 9)}
         assert storage.exists("_runner/runs/fault/logs/base.log")
