@@ -128,7 +128,9 @@ def up_command(plan_options, make_plan):
 
 
 def _follow(backend, handle: str, tail: int | None = None) -> int:
-    """Stream the run's output until it ends; returns the node agent's exit code. Ctrl-C detaches."""
+    """Stream the run's output until it ends, with a live status line every minute; returns the node agent's
+    exit code. Ctrl-C detaches."""
+    reporter = _progress_reporter(lambda: backend.describe(handle))
     try:
         for line in backend.logs(handle, follow=True, tail=tail):
             click.echo(line, nl=False)
@@ -140,9 +142,11 @@ def _follow(backend, handle: str, tail: int | None = None) -> int:
             time.sleep(0.2)
             info = backend.describe(handle)
     except KeyboardInterrupt:
+        reporter.set()
         click.echo("", err=True)
         say(f"detached; the run goes on. Reattach: runner logs -f {handle}   stop it: runner down {handle}")
         return 0
+    reporter.set()
     say(f"run {info.run_id}: {info.state.value} (exit {info.exit_code}); its container stays until `runner down {handle}`")
     return info.exit_code if info.exit_code is not None else 1
 
@@ -166,8 +170,9 @@ def logs(run, follow, tail):
 @click.command(short_help="Show runs and their state (and, with RUN, its phases from storage).")
 @click.argument("run", required=False)
 @click.option("--backend", "backend_name", default="local", show_default=True, help="Backend whose runs to list (without RUN).")
-def status(run, backend_name):
-    """Without RUN: every run the backend knows. With RUN: its state, and the phase table from its storage."""
+@click.option("--json", "as_json", is_flag=True, help="With RUN: print the backend's view and the live status as JSON.")
+def status(run, backend_name, as_json):
+    """Without RUN: every run the backend knows. With RUN: its state, progress, cost so far and phases from storage."""
     from backends import backend_for, get_backend
 
     if not run:
@@ -182,6 +187,14 @@ def status(run, backend_name):
         return
     backend, handle = backend_for(run)
     info = backend.describe(handle)
+    if as_json:
+        import dataclasses
+        import json
+
+        live = _live(info)
+        backend_view = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
+        click.echo(json.dumps({"backend": backend_view, "status": live[0] if live else None}, indent=2, default=str))
+        return
     click.echo(f"run:      {info.run_id}\nhandle:   {info.handle}\nstate:    {info.state.value}"
                + (f" (exit {info.exit_code})" if info.exit_code is not None else "")
                + f"\nstarted:  {info.started_at}" + (f"\nfinished: {info.finished_at}" if info.finished_at else "")
@@ -189,22 +202,55 @@ def status(run, backend_name):
     _storage_status(info)
 
 
-def _storage_status(info) -> None:
-    """The node agent's status file, when this machine can read the storage (best effort: it is extra detail)."""
-    import json
-
+def _live(info):
+    """(live summary, status) from the run's storage, or None when this machine cannot read it yet."""
+    from .live import summarize
+    from .runlogs import load_run
     from .storage import open_storage
 
     try:
         storage = open_storage(info.storage, check=False)
-        data = json.loads(storage.read_text(f"_runner/runs/{info.run_id}/status.json"))
-    except Exception as e:  # noqa: BLE001 - a missing or unreadable status file only means less detail
-        click.echo(f"phases:   (no status file readable in storage yet: {type(e).__name__})")
+        status, plan = load_run(storage, info.run_id)
+        return summarize(storage, status, plan), status
+    except Exception:  # noqa: BLE001 - a missing or unreadable status file only means less detail
+        return None
+
+
+def _storage_status(info) -> None:
+    """Progress, cost so far, newest checkpoint and the phase table, from the node agent's status file."""
+    from .live import format_line
+
+    live = _live(info)
+    if live is None:
+        click.echo("phases:   (no status file readable in storage yet)")
         return
-    click.echo(f"node:     {data.get('state')}" + (f", phase {data['phase']}" if data.get("phase") else ""))
+    summary, data = live
+    click.echo(f"live:     {format_line(summary)}")
     for name, phase in data.get("phases", {}).items():
         note = phase.get("note", "")
         click.echo(f"  {name:<10} {phase.get('state', ''):<24} {note}")
+
+
+def _progress_reporter(info_source, every_sec: float = 60.0):
+    """A thread printing the live status line (from storage) every minute while `runner up` follows a run."""
+    import threading
+
+    from .live import format_line
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_sec):
+            try:
+                live = _live(info_source())
+            except Exception:  # noqa: BLE001 - the line is a convenience; the log stream is the real output
+                live = None
+            if live:
+                click.echo(f"[status] {format_line(live[0])}", err=True)
+
+    thread = threading.Thread(target=loop, name="live-status", daemon=True)
+    thread.start()
+    return stop
 
 
 @click.command(short_help="Stop a run and remove its container (storage keeps everything it made).")

@@ -71,6 +71,9 @@ def test_up_smoke_runs_to_success_with_every_artifact_in_storage(docker_env, run
     assert "smoke-up" in listed.stdout and "succeeded" in listed.stdout, listed.stdout + listed.stderr
     detail = runner(docker_env, "status", "smoke-up")
     assert "state:    succeeded (exit 0)" in detail.stdout and "report" in detail.stdout, detail.stdout + detail.stderr
+    assert "live:     smoke-up [succeeded]" in detail.stdout and "checkpoint 20" in detail.stdout, detail.stdout
+    as_json = json.loads(runner(docker_env, "status", "smoke-up", "--json").stdout)
+    assert as_json["status"]["state"] == "succeeded" and as_json["status"]["newest_checkpoint"]["step"] == 20
     logs = runner(docker_env, "logs", "local://nanochat-smoke-up", "--tail", "12")
     assert logs.returncode == 0 and "finished" in logs.stdout, logs.stdout + logs.stderr
     down = runner(docker_env, "down", "smoke-up")
