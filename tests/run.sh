@@ -78,7 +78,10 @@ if command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]]; the
     PATH=$PATH:/usr/sbin:/sbin "$PY" -m tests.infra.image prepare
 fi
 
-# 5. the tests
+# 5. a headless browser for the chat web UI test
+bash tests/infra/install_chromium.sh
+
+# 6. the tests
 if [[ $# -eq 0 ]]; then
     set -- -q
 fi
