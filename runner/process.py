@@ -21,15 +21,25 @@ STOP_GRACE_SEC = 15
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the node agent dies (even by SIGKILL), so no trainer is orphaned.
-    torchrun forwards that SIGTERM to its workers."""
+def _resolve_prctl():
+    """libc's prctl, looked up once here in the parent: the child between fork and exec must not load libraries
+    or take locks (other threads of the agent may hold them), only call an already resolved function."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the process-group kill in stop_process_group still applies
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the process-group kill in stop_process_group still applies
+
+
+_PRCTL = _resolve_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the node agent dies (even by SIGKILL), so no trainer is orphaned.
+    torchrun forwards that SIGTERM to its workers."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LogSink:
