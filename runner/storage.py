@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from .errors import StorageError
 
-SUPPORTED = ("a local path", "file://PATH", "s3://BUCKET/PREFIX", "memory://PATH")
+SUPPORTED = ("a local path", "file://PATH", "s3://BUCKET/PREFIX", "modal://VOLUME/PATH", "memory://PATH")
+# Registered by name and imported only when used, as fsspec does with its own protocols.
+MODAL_FS = "runner.modal_fs.ModalVolumeFileSystem"
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # S3 options that people type as top-level keys but s3fs expects inside client_kwargs / config_kwargs.
 CLIENT_KWARGS = {"endpoint_url", "region_name"}
@@ -170,6 +172,11 @@ def split_url(url: str) -> tuple[str, str]:
         return "s3", rest.rstrip("/")
     if protocol == "memory":
         return "memory", "/" + rest.strip("/")
+    if protocol == "modal":
+        volume = rest.split("/", 1)[0]
+        if not re.match(r"^[a-zA-Z0-9._-]{1,63}$", volume):
+            raise StorageError(f"{url!r} does not name a Modal Volume ({volume!r}).", ["Use modal://VOLUME/PREFIX with a volume name of letters, digits, '.', '-' or '_'."])
+        return "modal", rest.strip("/")
     raise StorageError(f"Storage protocol {protocol!r} is not supported.", [f"Use one of: {', '.join(SUPPORTED)}."])
 
 
@@ -181,6 +188,8 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
     options = parse_options(list(option_pairs))
     if protocol == "s3":
         options = _s3_options(options)
+    if protocol == "modal":
+        _register_modal()
     try:
         fs = fsspec.filesystem(protocol, **options)
     except ImportError as e:
@@ -193,6 +202,17 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
     if check:
         check_access(storage)
     return storage
+
+
+def _register_modal() -> None:
+    import fsspec
+
+    from .modal_fs import sdk_problem
+
+    problem = sdk_problem()  # no SDK or no token: say so before anything tries the network
+    if problem:
+        raise StorageError(f"modal:// storage: {problem[0]}", problem[1])
+    fsspec.register_implementation("modal", MODAL_FS, clobber=True)
 
 
 def check_access(storage: Storage) -> None:
