@@ -17,7 +17,7 @@ from .base import Backend, BackendError, split_handle
 REGISTRY: dict[str, str | None] = {
     "local": "backends.local:LocalBackend",
     "ssh": None,
-    "modal": None,
+    "modal": "backends.modal_backend:ModalBackend",
 }
 DEFAULT = "local"
 
@@ -26,10 +26,6 @@ _PLANNED_FIXES = {
         "On the GPU host itself, install the runner and run the node agent there (README: \"Run the speedrun\"): "
         "`runner node run --model d20 --gpus 8 --storage s3://BUCKET/nanochat`, inside tmux so it survives a dropped link.",
         "Or, on a host with Docker and the NVIDIA container toolkit, run `runner up --backend local` there.",
-    ],
-    "modal": [
-        "Use `runner up --backend local` on a machine with NVIDIA GPUs and Docker, or",
-        "run `runner node run` on any GPU machine (README: \"Run the speedrun\").",
     ],
 }
 
