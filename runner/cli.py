@@ -177,12 +177,29 @@ def ls(storage, storage_options, as_json):
 @click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR).")
 @click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies.")
 @click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Local disk for the staged checkpoint.")
-def chat(run_id, storage, storage_options, prompt, web, port, source, nanochat_dir, python_exe, scratch):
-    """Run nanochat's chat CLI (or web UI) here, against RUN's final checkpoint staged from storage."""
+@click.option("--backend", "backend_name", type=click.Choice(["here", "local"]), default="here", show_default=True,
+              help="here: this machine (a GPU node with nanochat); local: a container of the run's image on the local Docker engine.")
+@click.option("--image", default=None, help="With --backend local: the image (default: the run's, built when missing).")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="With --backend local: extra variable for the container.")
+def chat(run_id, storage, storage_options, prompt, web, port, source, nanochat_dir, python_exe, scratch, backend_name, image, env):
+    """Run nanochat's chat CLI (or web UI) against RUN's final checkpoint staged from storage."""
     from pathlib import Path
 
     from .chat import chat as run_chat
     from .node import default_scratch
+
+    if backend_name == "local":
+        from backends.local_chat import chat_in_container
+
+        from .cli_backends import _pairs
+        from .plan import Plan
+        from .runlogs import load_run
+        from .storage import open_storage
+
+        _, plan_raw = load_run(open_storage(storage, storage_options, check=False), run_id)
+        chat_args = [*(["-p", prompt] if prompt else []), *(["--web", "--port", str(port)] if web else []), *(["--source", source] if source else [])]
+        extra_env = _pairs(env, "--env", from_env=True)
+        sys.exit(chat_in_container(Plan.from_dict(plan_raw), storage, list(storage_options), chat_args, image, extra_env, log=click.echo))
 
     where = Path(scratch).expanduser() if scratch else default_scratch()
     sys.exit(run_chat(run_id, storage, storage_options, nanochat_dir, python_exe, where, prompt, web, port, source, log=click.echo))

@@ -1,0 +1,44 @@
+"""`runner chat RUN --backend local`: the chat in a container of the run's image on the local engine.
+
+The container runs `runner chat` (staging the run's final checkpoint from storage, then nanochat's chat CLI or web
+UI) with host networking, so the web UI's 127.0.0.1 inside is this machine's 127.0.0.1: no port is published to
+the network. It uses the docker CLI because an interactive chat needs the terminal attached as-is. Secrets are
+passed by name (`-e NAME`), their values taken from this process's environment, never put on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from . import local_image
+from .base import BackendError, RunSpec
+from .local import CONTAINER_STORAGE, LocalBackend
+
+
+def chat_in_container(plan, storage: str, storage_options: list[str], chat_args: list[str], image: str | None,
+                      extra_env: dict[str, str], log) -> int:
+    docker = shutil.which("docker")
+    if docker is None:
+        raise BackendError("The docker command is not installed here.", ["Install Docker's CLI (it comes with Docker Engine or Desktop).", "Or chat on the node itself: runner chat RUN --storage URL"])
+    backend = LocalBackend()
+    spec = RunSpec(plan=plan, storage=storage, storage_options=list(storage_options), image=image, env=dict(extra_env))
+    tag = local_image.ensure(backend.client, spec, log)
+    storage_url, volumes, host_folder = backend.storage_mount(spec)
+    argv = [docker, "run", "--rm", "--network", "host", "--ipc", "host", "--gpus", "1", "--init",
+            "--name", f"nanochat-chat-{plan.run_id}"]
+    if sys.stdin.isatty() and "-p" not in chat_args and "--web" not in chat_args:
+        argv.append("-it")  # an interactive conversation
+    for host, mount in volumes.items():
+        argv += ["-v", f"{host}:{mount['bind']}:{mount['mode']}"]
+    if host_folder:
+        argv += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    env = spec.node_env()
+    for name in env:
+        argv += ["-e", name]  # by name: the value comes from the environment below, not from this command line
+    options = [a for option in storage_options for a in ("--storage-option", option)]
+    argv += [tag, "chat", plan.run_id, "--storage", storage_url if host_folder is None else CONTAINER_STORAGE, *options, *chat_args]
+    log(f"chat in a container of {tag} on the local engine")
+    return subprocess.call(argv, env={**os.environ, **env})
