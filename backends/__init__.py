@@ -16,18 +16,12 @@ from .base import Backend, BackendError, split_handle
 # name -> "module:Class" (None: planned, not available in this version)
 REGISTRY: dict[str, str | None] = {
     "local": "backends.local:LocalBackend",
-    "ssh": None,
+    "ssh": "backends.ssh:SSHBackend",
     "modal": "backends.modal_backend:ModalBackend",
 }
 DEFAULT = "local"
 
-_PLANNED_FIXES = {
-    "ssh": [
-        "On the GPU host itself, install the runner and run the node agent there (README: \"Run the speedrun\"): "
-        "`runner node run --model d20 --gpus 8 --storage s3://BUCKET/nanochat`, inside tmux so it survives a dropped link.",
-        "Or, on a host with Docker and the NVIDIA container toolkit, run `runner up --backend local` there.",
-    ],
-}
+_PLANNED_FIXES: dict[str, list[str]] = {}
 
 
 def get_backend(name: str) -> Backend:

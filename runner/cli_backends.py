@@ -39,6 +39,25 @@ def node_options(func):
     return wrapper
 
 
+SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse")
+
+
+def ssh_options(func):
+    """Options of the ssh backend (`--backend ssh`); popped out of the plan options in `up`."""
+
+    @click.option("--host", default=None, metavar="USER@HOST[:PORT]", help="ssh backend: the GPU host to log in to.")
+    @click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*).")
+    @click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved).")
+    @click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto).")
+    @click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: upload this nanochat checkout instead of cloning it on the host.")
+    @click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: install offline from this folder of wheels (and a uv binary), uploaded.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 def _pairs(values: tuple[str, ...], what: str, from_env: bool = False) -> dict[str, str]:
     import os
 
@@ -70,7 +89,7 @@ def up_command(plan_options, make_plan):
     """The `up` command, built with the plan options and plan builder of runner/cli.py."""
 
     @click.command(short_help="Start a run on a backend (local Docker) and stream its output; Ctrl-C detaches.")
-    @click.option("--backend", "backend_name", default="local", show_default=True, help="Where to run: local (ssh and modal are planned).")
+    @click.option("--backend", "backend_name", default="local", show_default=True, help="Where to run: local (Docker here), ssh (a GPU host over SSH) or modal.")
     @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json` instead of the plan options.")
     @plan_options
     @click.option("--smoke", is_flag=True, help="Same as --model smoke: minutes on one GPU through every phase.")
@@ -78,6 +97,7 @@ def up_command(plan_options, make_plan):
     @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", help="fsspec option for the node, e.g. endpoint_url=... (repeatable).")
     @click.option("--run-id", default=None, help="Name of the run (default: the plan's). Reusing one continues it.")
     @node_options
+    @ssh_options
     @click.option("--image", default=None, help="Image to run (default: nanochat-runner:nanochat-<commit>, built when missing).")
     @click.option("--rebuild", is_flag=True, help="Build the image even when it exists.")
     @click.option("--context", "build_context", default=None, type=click.Path(file_okay=False), help="Build context with the Dockerfile (default: this checkout).")
@@ -101,7 +121,12 @@ def up_command(plan_options, make_plan):
             if plan_params.get("model") not in (None, "smoke") or plan_params.get("depth") is not None:
                 raise PlanError("--smoke is the smoke model; it cannot be combined with --model or --depth.", ["Drop --smoke or the other option."])
             plan_params["model"] = "smoke"
+        ssh = {key: plan_params.pop(key, None) for key in SSH_KEYS}
         backend = get_backend(backend_name)
+        if backend_name == "ssh":
+            backend.configure(**ssh)
+        elif any(ssh.values()):
+            raise click.UsageError("--host, --identity, --accept-new-host-key, --mode, --nanochat-src and --wheelhouse are options of --backend ssh.")
         # The plan options are runner/cli.py's (shared with `runner plan`), passed through by name.
         the_plan = Plan.load(plan_file) if plan_file else make_plan(**plan_params)
         if run_id:

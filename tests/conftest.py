@@ -186,3 +186,36 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", "docker timings")
         for what, seconds in _image.TIMINGS.items():
             terminalreporter.write_line(f"{what}: {seconds:.1f} s")
+
+
+# -- SSH: a real sshd on 127.0.0.1 with a key-authorized test user and stand-in GPUs (tests/infra/sshd.py) ---------
+
+from tests.infra import sshd as _sshd  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ssh_host() -> Iterator[_sshd.SSHHost]:
+    """sshd on a free port of 127.0.0.1 for the test user (8 stand-in H100s), stopped by PID at the end."""
+    if _sshd.find_sshd() is None:
+        pytest.fail(_sshd.MISSING_SSHD_HINT, pytrace=False)
+    host = _sshd.SSHHost().start()
+    try:
+        yield host
+    finally:
+        host.stop()
+        host.remove()
+
+
+@pytest.fixture(scope="session")
+def ssh_install_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(nanochat source, wheelhouse) that bare mode uploads: the double (with its flag tables beside it, where it
+    looks for them, and a requirements.txt: it has no uv.lock) and the image tests' offline wheelhouse."""
+    import shutil
+
+    from tests.harness import DOUBLE
+
+    src = tmp_path_factory.mktemp("ssh-install") / "nanochat-double"
+    shutil.copytree(DOUBLE, src, ignore=shutil.ignore_patterns("__pycache__", "report.md"))
+    shutil.copytree(_REPO_ROOT / "runner" / "recipes", src / "runner" / "recipes")
+    (src / "requirements.txt").write_text("pyarrow\n")
+    return src, _image.wheelhouse()

@@ -1,0 +1,322 @@
+"""The SSH backend: one GPU host you own or rent, reached over SSH, with Docker or bare.
+
+    runner up --backend ssh --host ubuntu@203.0.113.7[:22] [--identity ~/.ssh/key] --smoke --storage s3://bucket/x
+
+1. Connect, the host key checked against known_hosts (ssh_conn.py): an unknown key is an error with its
+   fingerprint, never accepted silently (`--accept-new-host-key` adds it, and says so).
+2. Preflight over SSH before anything is installed (ssh_preflight.py): nvidia-smi, enough GPUs, a driver new
+   enough for CUDA 12.8, free disk for the plan, Docker with the NVIDIA runtime or not.
+3. The mode (`--mode auto|docker|bare`): `docker` runs the same image as the local backend on the host's engine
+   (`--image TAG` already there, or built there from this checkout); `bare` installs uv, nanochat at the pinned
+   commit and the runner under ~/.nanochat-runner with the image's own docker/ scripts (ssh_install.py), once.
+4. `runner node run` starts detached in its own session with its pid, log and exit code in a run folder
+   (ssh_remote.py). The handle `ssh://user@host:port/<run id>[?identity=KEY]` is all `runner logs -f`,
+   `status` and `down` need; `runner up` streams the log until the run ends, and Ctrl-C only detaches.
+5. Storage: `s3://` passes through, its AWS_* credentials sent in the run's environment through stdin (never
+   on a command line, in a log or in a file on the host); a plain path is a folder on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from . import local_image, preflight, ssh_preflight, ssh_remote
+from .base import Backend, BackendError, Log, PreflightError, RunInfo, RunSpec, State, state_from_exit
+from .ssh_conn import Connection, Target, known_hosts_path, q
+from .ssh_install import Install
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CONTAINER_STORAGE, CONTAINER_SCRATCH = "/storage", "/scratch"
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass
+class Options:
+    host: str | None = None
+    identity: str | None = None
+    accept_new_host_key: bool = False
+    mode: str = "auto"
+    nanochat_src: str | None = None
+    wheelhouse: str | None = None
+
+
+@dataclass
+class Prepared:
+    """What preflight found and made, for submit."""
+
+    mode: str
+    facts: ssh_preflight.Facts
+    install: Install | None = None
+    image: str | None = None
+
+
+class SSHBackend(Backend):
+    name = "ssh"
+
+    def __init__(self):
+        self.options = Options()
+        self._conns: dict[Target, Connection] = {}
+        self._prepared: Prepared | None = None
+        self._log: Log = lambda _m: None
+
+    def configure(self, **options) -> None:
+        """The `runner up` options of this backend (--host, --identity, --accept-new-host-key, --mode, ...)."""
+        for key, value in options.items():
+            if value is not None:
+                setattr(self.options, key, value)
+
+    # -- connections and handles ---------------------------------------------------------------------------------
+
+    def target(self) -> Target:
+        if not self.options.host:
+            raise BackendError("--backend ssh needs the host: --host USER@HOST[:PORT].",
+                               ["Add --host ubuntu@203.0.113.7 (and --identity ~/.ssh/KEY unless ~/.ssh/config or the agent has it)."])
+        return Target.parse(self.options.host, self.options.identity)
+
+    def conn(self, target: Target) -> Connection:
+        if target not in self._conns:
+            self._conns[target] = Connection(target, self.options.accept_new_host_key, self._log)
+        return self._conns[target]
+
+    def _locate(self, handle: str) -> tuple[Target, Connection, str]:
+        target, run_id = Target.from_url(handle)
+        conn = self.conn(target)
+        if not run_id:
+            _, out = conn.script(ssh_remote.list_script(), timeout=60)
+            runs = out.split() or ["(none)"]
+            raise BackendError(f"{handle} names a host, not a run. Runs there: {', '.join(runs)}.",
+                               [f"Name one: `runner status {target.url(runs[0] if runs[0] != '(none)' else 'RUN_ID')}`."])
+        if not RUN_ID_RE.match(run_id):
+            raise BackendError(f"{run_id!r} is not a run id.", ["Use the handle `runner up` printed."])
+        return target, conn, run_id
+
+    # -- what the run gets ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def host_path(storage: str) -> str | None:
+        """A plain path (or file://) is a folder on the host; s3:// passes through (None)."""
+        match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://(.*)$", storage)
+        if not match:
+            return storage
+        protocol = match.group(1).lower()
+        if protocol == "file":
+            return match.group(2) or "/"
+        if protocol in ("s3", "s3a"):
+            return None
+        raise BackendError(f"Storage {storage!r} cannot be reached from an SSH host.",
+                           ["Use s3://BUCKET/PREFIX, or a folder on the host (a plain path such as /data/nanochat)."])
+
+    def _places(self, spec: RunSpec, mode_hint: str) -> dict[str, str]:
+        places = {}
+        path = self.host_path(spec.storage)
+        if path is not None:
+            places["storage"] = path
+        if spec.scratch or mode_hint != "docker":
+            places["scratch"] = spec.scratch or "~/.nanochat-runner/scratch"
+        return places
+
+    def _env(self, spec: RunSpec) -> dict[str, str]:
+        env = spec.node_env()
+        ids = (spec.gpu_ids or "").strip()
+        if ids and ids != "all":
+            env["CUDA_VISIBLE_DEVICES"] = ids
+        return env
+
+    def _node_args(self, spec: RunSpec, storage: str) -> list[str]:
+        options = [arg for option in spec.storage_options for arg in ("--storage-option", option)]
+        return ["node", "run", "--storage", storage, "--run-id", spec.run_id, *options, *spec.node_args]
+
+    def _bare_argv(self, spec: RunSpec, prepared: Prepared) -> list[str]:
+        facts, install = prepared.facts, prepared.install
+        storage = facts.paths.get("storage") or spec.storage
+        d = f"{facts.home}/.nanochat-runner/runs/{spec.run_id}"
+        return [install.runner_bin, *self._node_args(spec, storage)[:2], "--plan", f"{d}/plan.json", *self._node_args(spec, storage)[2:],
+                "--nanochat-dir", install.nanochat_dir, "--scratch", facts.paths["scratch"]]
+
+    def _docker_argv(self, spec: RunSpec, prepared: Prepared) -> list[str]:
+        facts = prepared.facts
+        ids = (spec.gpu_ids or "").strip()
+        gpus = "all" if ids == "all" else (f'"device={ids}"' if ids else str(spec.plan.gpus))
+        argv = ["docker", "run", "-i", "--rm", "--name", f"nanochat-{spec.run_id}", "--init", "--ipc=host", f"--gpus={gpus}",
+                f"--label=org.nanochat-runner.run-id={spec.run_id}"]
+        storage = spec.storage
+        if "storage" in facts.paths:
+            argv.append(f"--volume={facts.paths['storage']}:{CONTAINER_STORAGE}")
+            storage = CONTAINER_STORAGE
+        if spec.scratch:
+            argv.append(f"--volume={facts.paths['scratch']}:{CONTAINER_SCRATCH}")
+        if "storage" in facts.paths or spec.scratch:
+            argv.append(f"--user={facts.uid}:{facts.gid}")  # files in host folders belong to the SSH user
+        endpoint = dict(o.split("=", 1) for o in spec.storage_options if "=" in o).get("endpoint_url") or \
+            self._env(spec).get("AWS_ENDPOINT_URL_S3") or self._env(spec).get("AWS_ENDPOINT_URL") or ""
+        host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0].strip("[]")
+        if host in LOOPBACK or host.startswith("127."):
+            argv.append("--network=host")  # the endpoint is the host's loopback, which a bridged container cannot reach
+        argv += ["--entrypoint", "/bin/bash", prepared.image, "-c", ssh_remote.CONTAINER_ENV_READER, "nanochat-node",
+                 *self._node_args(spec, storage)]
+        return argv
+
+    def dry_run(self, spec: RunSpec) -> str:
+        target = self.target()
+        mode = self.options.mode
+        names = sorted(self._env(spec))
+        return "\n".join([
+            f"backend ssh: {target} (host key checked against {known_hosts_path()})",
+            f"mode: {mode}" + (" (docker when the host's Docker has the NVIDIA runtime, else bare)" if mode == "auto" else ""),
+            f"preflight over SSH: nvidia-smi ({spec.plan.gpus} GPU(s), driver >= {ssh_preflight.MIN_DRIVER_TEXT}), free disk, Docker",
+            "bare: uv, nanochat " + spec.plan.commit[:7] + " and the runner under ~/.nanochat-runner (once; skipped when installed)",
+            f"docker: image {spec.image or local_image.default_tag(spec.plan)} on the host's engine (built there when missing)",
+            f"then: `runner node run --storage {spec.storage} --run-id {spec.run_id} {shlex.join(spec.node_args)}` detached, "
+            f"in ~/.nanochat-runner/runs/{spec.run_id}/",
+            f"environment sent through stdin (values not shown): {', '.join(names) or '(none)'}",
+            f"handle: {target.url(spec.run_id)}",
+        ])
+
+    # -- before starting -----------------------------------------------------------------------------------------
+
+    def preflight(self, spec: RunSpec, log: Log) -> None:
+        if not RUN_ID_RE.match(spec.run_id):
+            raise PreflightError(f"Run id {spec.run_id!r} cannot name a folder on the host.", ["Use letters, digits, '.', '-' and '_'."])
+        self._log = log
+        target = self.target()
+        conn = self.conn(target)
+        log(f"preflight: logged in to {target}; its host key matches known_hosts")
+        code, out = conn.script(ssh_preflight.facts_script(self._places(spec, self.options.mode)), timeout=120)
+        facts = ssh_preflight.parse_facts(out)
+        if code or not facts.home:
+            raise PreflightError(f"The preflight script failed on {target} (exit {code}): {out.strip()[-500:]}",
+                                 ["The host needs bash and coreutils; check `ssh HOST bash --version`."])
+        log(f"preflight: {ssh_preflight.check_gpus(facts, spec.plan.gpus, str(target))}")
+        mode, why = ssh_preflight.choose_mode(facts, self.options.mode, str(target))
+        log(f"preflight: mode {why}")
+        if mode == "docker" and self.options.mode == "auto" and "scratch" not in self._places(spec, "docker"):
+            facts.disks = [d for d in facts.disks if d[0] != "scratch"]  # scratch is the container's own disk
+        for note in ssh_preflight.check_disk(spec.plan, facts, str(target)):
+            log(f"preflight: {note}")
+        info = self._describe(target, conn, spec.run_id)
+        if info is not None and info.state == State.RUNNING:
+            raise PreflightError(f"Run {spec.run_id} is already running on {target} ({info.handle}).",
+                                 [f"Follow it: `runner logs -f {info.handle}`, or stop it: `runner down {info.handle}`.", "Or give this run another --run-id."])
+        prepared = Prepared(mode, facts)
+        if mode == "bare":
+            prepared.install = Install(spec.plan, facts.home, self.options.nanochat_src, self.options.wheelhouse)
+            prepared.install.ensure(conn, log)
+        else:
+            prepared.image = self._docker_image(conn, spec, log)
+            log(f"preflight: {self._probe_gpus(conn, spec, prepared.image)}")
+        self._prepared = prepared
+
+    def _docker_image(self, conn: Connection, spec: RunSpec, log: Log) -> str:
+        """The image on the host's engine with the plan's nanochat commit: found, or built there from a context."""
+        tag = spec.image or local_image.default_tag(spec.plan)
+        inspect = f"docker image inspect --format '{{{{index .Config.Labels \"{local_image.COMMIT_LABEL}\"}}}}' {q(tag)}"
+        code, out = conn.script(inspect, timeout=60)
+        if code or spec.rebuild:
+            context = local_image.find_context(spec.build_context)
+            remote = f"$HOME/.nanochat-runner/tmp/build-{spec.run_id}"
+            log(f"preflight: building image {tag} on {conn.target} from {context} (nanochat {spec.plan.commit[:7]})")
+            conn.script(f'rm -rf "{remote}"', timeout=120)
+            files = {p.name: p for p in sorted(context.iterdir()) if p.name not in (".git", ".venv", "storage", ".pytest_cache")}
+            _, home = conn.script("printf %s \"$HOME\"", timeout=30)
+            conn.upload(files, remote.replace("$HOME", home))
+            args = {"NANOCHAT_REF": spec.plan.commit, **spec.build_args}
+            build = f'docker build -t {q(tag)} {" ".join("--build-arg " + q(f"{k}={v}") for k, v in args.items())} "{remote}"'
+            code, out = conn.script(f'{build}; code=$?; rm -rf "{remote}"; exit $code', timeout=7200)
+            for line in out.splitlines()[-15:]:
+                log(f"build: {line}")
+            if code:
+                raise PreflightError(f"Building {tag} on {conn.target} failed (exit {code}); the output is above.",
+                                     ["Fix what the build reports, or load a ready image there (`docker save TAG | ssh HOST docker load`) "
+                                      "and pass --image TAG, or use --mode bare."])
+            code, out = conn.script(inspect, timeout=60)
+        commit = out.strip()
+        if commit and not (commit.startswith(spec.plan.commit[:7]) or spec.plan.commit.startswith(commit)):
+            raise PreflightError(f"Image {tag} on {conn.target} holds nanochat {commit[:7]}, but the plan needs {spec.plan.commit[:7]}.",
+                                 ["Leave out --image to build the plan's image there, or pass --rebuild, or use a plan of that recipe."])
+        log(f"preflight: image {tag} on the host: nanochat {commit[:7] or '(no label; the node agent checks it)'}")
+        return tag
+
+    def _probe_gpus(self, conn: Connection, spec: RunSpec, image: str) -> str:
+        """A throwaway container with the run's GPU request on the host: the real test that its engine can do it."""
+        ids = (spec.gpu_ids or "").strip()
+        gpus = "all" if ids == "all" else (f'"device={ids}"' if ids else str(spec.plan.gpus))
+        code, out = conn.script(f"docker run --rm --network none --gpus={q(gpus)} --entrypoint /bin/sh {q(image)} -c {q(preflight.PROBE_SCRIPT)}", timeout=300)
+        # 125: docker itself could not run the container (no NVIDIA driver in the engine, unknown device...).
+        return preflight.probe_verdict("" if code == 125 else out, code, out if code == 125 else "", None if ids == "all" else spec.plan.gpus)
+
+    # -- the run -------------------------------------------------------------------------------------------------
+
+    def submit(self, spec: RunSpec) -> str:
+        if self._prepared is None:
+            self.preflight(spec, self._log)
+        prepared, target = self._prepared, self.target()
+        env = self._env(spec)
+        files = {"meta.json": ssh_remote.meta_json(run_id=spec.run_id, storage=prepared.facts.paths.get("storage", spec.storage), mode=prepared.mode,
+                                                    started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                                                    container=f"nanochat-{spec.run_id}" if prepared.mode == "docker" else "")}
+        if prepared.mode == "bare":
+            files["plan.json"] = json.dumps(spec.plan.to_dict(), indent=1)
+            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", self._bare_argv(spec, prepared))
+        else:
+            env["RUNNER_PLAN_JSON"] = json.dumps(spec.plan.to_dict())
+            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", self._docker_argv(spec, prepared), sorted(env))
+        code, out = self.conn(target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
+        if code or "pid=" not in out:
+            raise BackendError(f"Starting the run on {target} failed (exit {code}): {out.strip()[-500:]}",
+                               ["Check the free disk in the home folder on the host, then run this again."])
+        return target.url(spec.run_id)
+
+    def _describe(self, target: Target, conn: Connection, run_id: str) -> RunInfo | None:
+        _, out = conn.script(ssh_remote.describe_script(run_id), timeout=60)
+        facts = ssh_remote.parse_lines(out)
+        if facts.get("missing") or "alive" not in facts:
+            return None
+        meta = json.loads(facts.get("meta") or "{}")
+        exit_code = int(facts["exit"]) if facts.get("exit", "").lstrip("-").isdigit() else None
+        if facts["alive"] == "1":
+            state = State.RUNNING
+        elif exit_code is None:
+            state = State.FAILED  # no exit code and no process: the host rebooted, or the run was killed from outside
+        else:
+            state = state_from_exit(exit_code, cancelled=bool(facts.get("cancelled")))
+        detail = f"{meta.get('mode', '?')} mode on {target}, " + (f"pid {facts.get('pid')}" if state == State.RUNNING else
+                                                                   f"run folder ~/.nanochat-runner/runs/{run_id}")
+        return RunInfo(handle=target.url(run_id), run_id=run_id, state=state, exit_code=exit_code if state.is_terminal() else None,
+                       started_at=meta.get("started_at", ""), finished_at=facts.get("finished", ""),
+                       storage=meta.get("storage", ""), detail=detail)
+
+    def describe(self, handle: str) -> RunInfo:
+        target, conn, run_id = self._locate(handle)
+        info = self._describe(target, conn, run_id)
+        if info is None:
+            raise BackendError(f"No run {run_id!r} on {target}.", [f"`runner status {target.url()}` lists the runs there.",
+                                                                   "A run removed with `runner down` is gone (its storage is not)."])
+        return info
+
+    def list_runs(self) -> list[RunInfo]:
+        target = self.target()
+        conn = self.conn(target)
+        _, out = conn.script(ssh_remote.list_script(), timeout=60)
+        return [info for run_id in out.split() if (info := self._describe(target, conn, run_id))]
+
+    def logs(self, handle: str, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        _, conn, run_id = self._locate(handle)
+        self.describe(handle)  # a clear error for an unknown run
+        yield from conn.stream(ssh_remote.logs_command(run_id, follow, tail))
+
+    def cancel(self, handle: str, grace_sec: float = 60.0) -> RunInfo:
+        info = self.describe(handle)
+        target, conn, run_id = self._locate(handle)
+        meta_mode = "docker" if info.detail.startswith("docker") else "bare"
+        code, out = conn.script(ssh_remote.cancel_script(run_id, meta_mode, f"nanochat-{run_id}", grace_sec), timeout=grace_sec + 120)
+        facts = ssh_remote.parse_lines(out)
+        exit_code = int(facts["exit"]) if facts.get("exit", "").lstrip("-").isdigit() else None
+        if info.state == State.RUNNING:
+            info.state = state_from_exit(exit_code, cancelled=True) if exit_code not in (0, 3) else state_from_exit(exit_code)
+        info.exit_code = exit_code
+        return info
