@@ -82,6 +82,10 @@ def build_app(spec: RunSpec, modal=None):
     secrets += [modal.Secret.from_dotenv()] if Path(".env").is_file() else []
     secrets += [modal.Secret.from_name(n) for n in secret_names()]
     app = modal.App(app_name(spec.run_id))
+    # The functions are pickled whole (by value): Modal's Python in the container cannot import this package.
+    from modal._vendor import cloudpickle
+
+    cloudpickle.register_pickle_by_value(modal_remote)
     for fn in function_specs(spec):
         kwargs = {k: v for k, v in fn.items() if k not in ("volumes", "secrets", "image", "payload", "retries")}
         kwargs["retries"] = modal.Retries(**fn["retries"])

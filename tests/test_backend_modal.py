@@ -134,6 +134,30 @@ def test_the_app_is_defined_offline_with_the_real_sdk(token, monkeypatch):
     assert "${WHEELHOUSE" not in "\n".join(ln for ln in seen["text"].splitlines() if ln.startswith("COPY"))
 
 
+def test_stage_functions_unpickle_where_this_repository_is_not_importable(token, tmp_path):
+    """Modal's Python in the image has only the standard library and modal: the serialized functions must not
+    refer to `backends` or `runner` by name."""
+    import subprocess
+    import types
+
+    from modal._serialization import serialize
+    from modal._vendor import cloudpickle
+
+    modal_backend.build_app(spec_for())  # registers the module for pickling by value
+    target = modal_remote.stage_entry
+    copy = types.FunctionType(target.__code__, target.__globals__, "phase_base", target.__defaults__)
+    blob = tmp_path / "fn.pkl"
+    blob.write_bytes(serialize(copy))
+    code = (f"import sys; sys.path = [p for p in sys.path if p not in ('', '.', {str(REPO)!r})]\n"
+            "import pickle; f = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+            "assert 'backends' not in sys.modules and 'runner' not in sys.modules, sorted(sys.modules)\n"
+            "print(f.__name__, f.__code__.co_varnames[:2])")
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "phase_base ('payload', 'first_call')" in out.stdout
+    assert cloudpickle  # the serializer Modal uses
+
+
 def test_dry_run_shows_stages_and_secret_names_only(token):
     result = CliRunner().invoke(main, ["up", "--backend", "modal", "--model", "d20", "--storage", "modal://nano-vol/runs", "--run-id", "r1", "--dry-run"],
                                 env={"WANDB_API_KEY": "secret-wandb", "HF_TOKEN": "secret-hf"})
