@@ -123,10 +123,11 @@ def node_run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl
 def report(run_id, storage, storage_options, as_html, output):
     """Read RUN back from storage and write _runner/runs/RUN/report/report.md (and .html) with its plots."""
     from .report import write
-    from .storage import open_storage
+    from .storage import open_storage, reading
 
-    store = open_storage(storage, storage_options, check=False)
-    url, data = write(store, run_id, as_html=as_html)
+    with reading(storage):
+        store = open_storage(storage, storage_options, check=False)
+        url, data = write(store, run_id, as_html=as_html)
     if output:
         rel = url.removeprefix(store.url.rstrip("/") + "/")
         with open(output, "w") as f:
@@ -144,15 +145,16 @@ def ls(storage, storage_options, as_json):
 
     from .live import summarize
     from .runlogs import list_runs, load_run
-    from .storage import open_storage
+    from .storage import open_storage, reading
 
-    store = open_storage(storage, storage_options, check=False)
     rows = []
-    for run_id in list_runs(store):
-        status, plan = load_run(store, run_id)
-        summary = summarize(store, status, plan)
-        last = next((n for n, info in reversed(list(status["phases"].items())) if info["state"] not in ("pending",)), None)
-        rows.append({**summary, "last_phase": last, "started_at": status.get("started_at")})
+    with reading(storage):
+        store = open_storage(storage, storage_options, check=False)
+        for run_id in list_runs(store):
+            status, plan = load_run(store, run_id)
+            summary = summarize(store, status, plan)
+            last = next((n for n, info in reversed(list(status["phases"].items())) if info["state"] not in ("pending",)), None)
+            rows.append({**summary, "last_phase": last, "started_at": status.get("started_at")})
     rows.sort(key=lambda r: r.get("started_at") or "", reverse=True)
     if as_json:
         click.echo(json_module.dumps(rows, indent=2))
@@ -215,11 +217,13 @@ def chat(run_id, storage, storage_options, prompt, web, port, source, nanochat_d
 @click.option("--dst-option", "dst_options", multiple=True, metavar="KEY=VALUE", help="fsspec option for DST (repeatable).")
 def sync(src, dst, delete, dry_run, workers, src_options, dst_options):
     """Copy every file of SRC that DST lacks or holds differently (size, then checksum / ETag)."""
-    from .storage import open_storage
+    from .storage import open_storage, reading
     from .sync import sync as run_sync
 
-    source = open_storage(src, src_options, check=False)
-    if not source.find(""):
+    with reading(src):
+        source = open_storage(src, src_options, check=False)
+        empty = not source.find("")
+    if empty:
         from .errors import StorageError
 
         raise StorageError(f"{src} holds no files (or cannot be listed).", ["Check the source URL and its credentials."])

@@ -9,6 +9,7 @@ AWS_DEFAULT_REGION) or from `--storage-option key=value`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -197,7 +198,11 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
     except TypeError as e:
         raise StorageError(f"A --storage-option is not understood by the {protocol} filesystem: {e}.", ["Check the option names against the fsspec/s3fs docs."])
     if protocol == "file" and check:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"Cannot use {path} as the storage folder ({e.strerror or e}).",
+                               ["Point --storage at a folder you can write to (a file of that name is in the way, or permissions are missing)."]) from None
     storage = Storage(fs=fs, root=path, url=url if "://" in url else path)
     if check:
         check_access(storage)
@@ -213,6 +218,23 @@ def _register_modal() -> None:
     if problem:
         raise StorageError(f"modal:// storage: {problem[0]}", problem[1])
     fsspec.register_implementation("modal", MODAL_FS, clobber=True)
+
+
+@contextlib.contextmanager
+def reading(url: str):
+    """For laptop-side commands (ls, report, chat, sync): a storage failure becomes a StorageError with a fix."""
+    from .errors import RunnerError
+
+    try:
+        yield
+    except RunnerError:
+        raise
+    except (OSError, ConnectionError, TimeoutError) as e:
+        raise explain_storage_error(url, e) from None
+    except Exception as e:  # noqa: BLE001 - botocore/aiohttp errors have no common base we can import cheaply
+        if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs", "modal", "grpclib"):
+            raise explain_storage_error(url, e) from None
+        raise
 
 
 def check_access(storage: Storage) -> None:

@@ -82,3 +82,19 @@ def test_a_plan_from_another_version_is_refused(tmp_path):
     path.write_text(json.dumps(plan))
     result = invoke("node", "run", "--plan", str(path), "--storage", str(tmp_path / "s"))
     assert result.exit_code == 1 and "runner plan --json > plan.json" in result.output
+
+
+@pytest.mark.parametrize("args", [["ls", "s3://some-bucket-zz/x"], ["report", "r", "--storage", "s3://some-bucket-zz/x"],
+                                  ["sync", "s3://some-bucket-zz/x", "/tmp/nowhere-zz"]])
+def test_laptop_commands_explain_storage_failures(args, stopped_s3_endpoint):
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": stopped_s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    result = invoke(*args, env=env)
+    assert result.exit_code == 1, result.output
+    assert "Cannot reach the storage" in result.output and "To fix:" in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_a_file_in_the_way_of_the_storage_folder(tmp_path):
+    (tmp_path / "storage").write_text("not a folder")
+    result = invoke("node", "run", "--storage", str(tmp_path / "storage"), "--model", "smoke")
+    assert result.exit_code == 1 and "Cannot use" in result.output and "To fix:" in result.output
