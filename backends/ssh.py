@@ -25,14 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import local_image, preflight, ssh_preflight, ssh_remote
+from . import local_image, ssh_docker, ssh_preflight, ssh_remote
 from .base import Backend, BackendError, Log, PreflightError, RunInfo, RunSpec, State, state_from_exit
-from .ssh_conn import Connection, Target, known_hosts_path, q
+from .ssh_conn import Connection, Target, known_hosts_path
 from .ssh_install import Install
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CONTAINER_STORAGE, CONTAINER_SCRATCH = "/storage", "/scratch"
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass
@@ -138,29 +136,6 @@ class SSHBackend(Backend):
         return [install.runner_bin, *self._node_args(spec, storage)[:2], "--plan", f"{d}/plan.json", *self._node_args(spec, storage)[2:],
                 "--nanochat-dir", install.nanochat_dir, "--scratch", facts.paths["scratch"]]
 
-    def _docker_argv(self, spec: RunSpec, prepared: Prepared) -> list[str]:
-        facts = prepared.facts
-        ids = (spec.gpu_ids or "").strip()
-        gpus = "all" if ids == "all" else (f'"device={ids}"' if ids else str(spec.plan.gpus))
-        argv = ["docker", "run", "-i", "--rm", "--name", f"nanochat-{spec.run_id}", "--init", "--ipc=host", f"--gpus={gpus}",
-                f"--label=org.nanochat-runner.run-id={spec.run_id}"]
-        storage = spec.storage
-        if "storage" in facts.paths:
-            argv.append(f"--volume={facts.paths['storage']}:{CONTAINER_STORAGE}")
-            storage = CONTAINER_STORAGE
-        if spec.scratch:
-            argv.append(f"--volume={facts.paths['scratch']}:{CONTAINER_SCRATCH}")
-        if "storage" in facts.paths or spec.scratch:
-            argv.append(f"--user={facts.uid}:{facts.gid}")  # files in host folders belong to the SSH user
-        endpoint = dict(o.split("=", 1) for o in spec.storage_options if "=" in o).get("endpoint_url") or \
-            self._env(spec).get("AWS_ENDPOINT_URL_S3") or self._env(spec).get("AWS_ENDPOINT_URL") or ""
-        host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0].strip("[]")
-        if host in LOOPBACK or host.startswith("127."):
-            argv.append("--network=host")  # the endpoint is the host's loopback, which a bridged container cannot reach
-        argv += ["--entrypoint", "/bin/bash", prepared.image, "-c", ssh_remote.CONTAINER_ENV_READER, "nanochat-node",
-                 *self._node_args(spec, storage)]
-        return argv
-
     def dry_run(self, spec: RunSpec) -> str:
         target = self.target()
         mode = self.options.mode
@@ -207,47 +182,9 @@ class SSHBackend(Backend):
             prepared.install = Install(spec.plan, facts.home, self.options.nanochat_src, self.options.wheelhouse)
             prepared.install.ensure(conn, log)
         else:
-            prepared.image = self._docker_image(conn, spec, log)
-            log(f"preflight: {self._probe_gpus(conn, spec, prepared.image)}")
+            prepared.image = ssh_docker.ensure_image(conn, spec, log)
+            log(f"preflight: {ssh_docker.probe_gpus(conn, spec, prepared.image)}")
         self._prepared = prepared
-
-    def _docker_image(self, conn: Connection, spec: RunSpec, log: Log) -> str:
-        """The image on the host's engine with the plan's nanochat commit: found, or built there from a context."""
-        tag = spec.image or local_image.default_tag(spec.plan)
-        inspect = f"docker image inspect --format '{{{{index .Config.Labels \"{local_image.COMMIT_LABEL}\"}}}}' {q(tag)}"
-        code, out = conn.script(inspect, timeout=60)
-        if code or spec.rebuild:
-            context = local_image.find_context(spec.build_context)
-            remote = f"$HOME/.nanochat-runner/tmp/build-{spec.run_id}"
-            log(f"preflight: building image {tag} on {conn.target} from {context} (nanochat {spec.plan.commit[:7]})")
-            conn.script(f'rm -rf "{remote}"', timeout=120)
-            files = {p.name: p for p in sorted(context.iterdir()) if p.name not in (".git", ".venv", "storage", ".pytest_cache")}
-            _, home = conn.script("printf %s \"$HOME\"", timeout=30)
-            conn.upload(files, remote.replace("$HOME", home))
-            args = {"NANOCHAT_REF": spec.plan.commit, **spec.build_args}
-            build = f'docker build -t {q(tag)} {" ".join("--build-arg " + q(f"{k}={v}") for k, v in args.items())} "{remote}"'
-            code, out = conn.script(f'{build}; code=$?; rm -rf "{remote}"; exit $code', timeout=7200)
-            for line in out.splitlines()[-15:]:
-                log(f"build: {line}")
-            if code:
-                raise PreflightError(f"Building {tag} on {conn.target} failed (exit {code}); the output is above.",
-                                     ["Fix what the build reports, or load a ready image there (`docker save TAG | ssh HOST docker load`) "
-                                      "and pass --image TAG, or use --mode bare."])
-            code, out = conn.script(inspect, timeout=60)
-        commit = out.strip()
-        if commit and not (commit.startswith(spec.plan.commit[:7]) or spec.plan.commit.startswith(commit)):
-            raise PreflightError(f"Image {tag} on {conn.target} holds nanochat {commit[:7]}, but the plan needs {spec.plan.commit[:7]}.",
-                                 ["Leave out --image to build the plan's image there, or pass --rebuild, or use a plan of that recipe."])
-        log(f"preflight: image {tag} on the host: nanochat {commit[:7] or '(no label; the node agent checks it)'}")
-        return tag
-
-    def _probe_gpus(self, conn: Connection, spec: RunSpec, image: str) -> str:
-        """A throwaway container with the run's GPU request on the host: the real test that its engine can do it."""
-        ids = (spec.gpu_ids or "").strip()
-        gpus = "all" if ids == "all" else (f'"device={ids}"' if ids else str(spec.plan.gpus))
-        code, out = conn.script(f"docker run --rm --network none --gpus={q(gpus)} --entrypoint /bin/sh {q(image)} -c {q(preflight.PROBE_SCRIPT)}", timeout=300)
-        # 125: docker itself could not run the container (no NVIDIA driver in the engine, unknown device...).
-        return preflight.probe_verdict("" if code == 125 else out, code, out if code == 125 else "", None if ids == "all" else spec.plan.gpus)
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -264,7 +201,8 @@ class SSHBackend(Backend):
             files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", self._bare_argv(spec, prepared))
         else:
             env["RUNNER_PLAN_JSON"] = json.dumps(spec.plan.to_dict())
-            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", self._docker_argv(spec, prepared), sorted(env))
+            argv = ssh_docker.run_argv(spec, prepared.image, prepared.facts, env, self._node_args(spec, ssh_docker.CONTAINER_STORAGE))
+            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", argv, sorted(env))
         code, out = self.conn(target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
         if code or "pid=" not in out:
             raise BackendError(f"Starting the run on {target} failed (exit {code}): {out.strip()[-500:]}",
