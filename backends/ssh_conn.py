@@ -103,6 +103,8 @@ def _policy(target: Target, accept_new: bool, log):
             where = known_hosts_path()
             if not accept_new:
                 scan = f"ssh-keyscan {'-p %d ' % target.port if target.port != 22 else ''}-t {key.get_name()} {target.host} >> {where}"
+                if not where.parent.is_dir():
+                    scan = f"mkdir -p -m 700 {where.parent} && {scan}"
                 raise BackendError(
                     f"The host key of {_host_id(target)} is not in {where}: {key.get_name()} {_fingerprint(key)}. "
                     "Nothing was sent to the host.",
@@ -154,15 +156,19 @@ class Connection:
                 ["Check with the host's provider that it was reinstalled and compare the new fingerprint.",
                  f"Then remove the old key: `ssh-keygen -f {where} -R '{_host_id(target)}'`, and trust the new one."],
             ) from None
-        except paramiko.AuthenticationException as e:
+        except (paramiko.AuthenticationException, paramiko.SSHException) as e:
             self.client.close()
+            no_key = "No authentication methods available" in str(e)
+            if not isinstance(e, paramiko.AuthenticationException) and not no_key:
+                raise BackendError(f"The SSH session with {target} failed ({type(e).__name__}: {e}).",
+                                   ["Check that the host's sshd runs and accepts logins, then run this again.", *HOST_SETUP]) from None
             key = f"the key {target.identity}" if target.identity else "your keys (~/.ssh/config, the agent, ~/.ssh/id_*)"
             raise BackendError(
-                f"{target} refused {key} ({e}).",
+                f"No key to log in to {target} with: no --identity, no agent, no ~/.ssh/id_* key." if no_key else f"{target} refused {key} ({e}).",
                 ["Pass --identity with the private key whose public half is in the host's ~/.ssh/authorized_keys,",
                  f"or authorize yours: `ssh-copy-id -p {target.port} {target.user}@{target.host}`.", *HOST_SETUP],
             ) from None
-        except (OSError, socket.timeout, paramiko.SSHException) as e:
+        except (OSError, socket.timeout) as e:
             self.client.close()
             raise BackendError(
                 f"Cannot reach {target} over SSH ({type(e).__name__}: {e}).",

@@ -172,7 +172,7 @@ def _follow(backend, handle: str, tail: int | None = None) -> int:
         say(f"detached; the run goes on. Reattach: runner logs -f {handle}   stop it: runner down {handle}")
         return 0
     reporter.set()
-    say(f"run {info.run_id}: {info.state.value} (exit {info.exit_code}); its container stays until `runner down {handle}`")
+    say(f"run {info.run_id}: {info.state.value} (exit {info.exit_code}); it is kept (logs, status) until `runner down {handle}`")
     return info.exit_code if info.exit_code is not None else 1
 
 

@@ -182,7 +182,8 @@ class SSHHost:
     def user_processes(self) -> list[str]:
         """'PID ARGS' of every process the test user runs (sshd's session processes excluded)."""
         out = _run("ps", "-u", self.user, "-o", "pid=,args=").stdout
-        return [line.strip() for line in out.splitlines() if line.strip() and "sshd:" not in line]
+        # sshd's own per-connection processes (and their zombies, reaped by the root sshd) are not the run's.
+        return [line.strip() for line in out.splitlines() if line.strip() and "sshd" not in line.split(None, 1)[-1][:8]]
 
     def kill_user_processes(self) -> None:
         """Stop whatever the test user still runs (a failed test's run), by PID, so the next test starts clean."""
