@@ -131,9 +131,8 @@ class SSHBackend(Backend):
 
     def _bare_argv(self, spec: RunSpec, prepared: Prepared) -> list[str]:
         facts, install = prepared.facts, prepared.install
-        storage = facts.paths.get("storage") or spec.storage
-        d = f"{facts.home}/.nanochat-runner/runs/{spec.run_id}"
-        return [install.runner_bin, *self._node_args(spec, storage)[:2], "--plan", f"{d}/plan.json", *self._node_args(spec, storage)[2:],
+        plan = f"{facts.home}/.nanochat-runner/runs/{spec.run_id}/plan.json"
+        return [install.runner_bin, *self._node_args(spec, facts.paths.get("storage") or spec.storage), "--plan", plan,
                 "--nanochat-dir", install.nanochat_dir, "--scratch", facts.paths["scratch"]]
 
     def dry_run(self, spec: RunSpec) -> str:
@@ -201,7 +200,7 @@ class SSHBackend(Backend):
             files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", self._bare_argv(spec, prepared))
         else:
             env["RUNNER_PLAN_JSON"] = json.dumps(spec.plan.to_dict())
-            argv = ssh_docker.run_argv(spec, prepared.image, prepared.facts, env, self._node_args(spec, ssh_docker.CONTAINER_STORAGE))
+            argv = ssh_docker.run_argv(spec, prepared.image, prepared.facts, self._node_args(spec, ssh_docker.CONTAINER_STORAGE))
             files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", argv, sorted(env))
         code, out = self.conn(target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
         if code or "pid=" not in out:

@@ -103,19 +103,14 @@ class Install:
             return
         log(f"install: {', '.join(missing)} into {self.rh}" + (" (offline, from the uploaded wheelhouse)" if self.wheelhouse else ""))
         upload = f"{self.rh}/tmp/upload"
-        files = {"docker": REPO / "docker"}
-        if any(p.startswith("runner") for p in missing):
-            files["runner-src"] = None  # filled below: the runner's files under runner-src/
-        if any(p.startswith("nanochat") for p in missing) and self.nanochat_src:
-            files["nanochat-src"] = self.nanochat_src
-        if self.wheelhouse:
-            files["wheelhouse"] = self.wheelhouse
         conn.script(f"rm -rf {q(upload)}", timeout=120)
-        for name, path in files.items():
-            if name == "runner-src":
-                conn.upload(self.runner_files, f"{upload}/runner-src")
-            else:
-                conn.upload({name: path}, upload)
+        conn.upload({"docker": REPO / "docker"}, upload)  # the install scripts themselves
+        if any(p.startswith("runner") for p in missing):
+            conn.upload(self.runner_files, f"{upload}/runner-src")
+        if any(p.startswith("nanochat") for p in missing) and self.nanochat_src:
+            conn.upload({"nanochat-src": self.nanochat_src}, upload)
+        if self.wheelhouse:
+            conn.upload({"wheelhouse": self.wheelhouse}, upload)
         code, out = conn.script(self._script(missing, upload), timeout=3600)
         for line in out.splitlines()[-40:]:
             log(f"install: {line}")

@@ -16,6 +16,7 @@ from .ssh_conn import q
 # CUDA 12.8 (the image's torch) needs an NVIDIA driver of at least 570.26 on Linux.
 MIN_DRIVER = (570, 26)
 MIN_DRIVER_TEXT = "570.26"
+MIN_MEMORY_GIB = 79  # an H100 80GB reports 81559 MiB
 DOCKER_FIXES = [
     "Install Docker and the NVIDIA container toolkit on the host "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), then "
@@ -141,7 +142,12 @@ def check_gpus(facts: Facts, wanted: int, target: str) -> str:
             ["Update the driver on the host (e.g. `sudo apt install nvidia-driver-570-server`), reboot, run this again."],
         )
     names = sorted({g.name for g in facts.gpus})
-    return f"GPUs: {len(facts.gpus)} × {', '.join(names)} ({facts.gpus[0].memory_mib / 1024:.0f} GiB each), driver {driver}"
+    smallest = min(g.memory_mib for g in facts.gpus[:wanted]) / 1024
+    note = f"GPUs: {len(facts.gpus)} × {', '.join(names)} ({smallest:.0f} GiB each), driver {driver}"
+    if smallest < MIN_MEMORY_GIB:
+        # Not an error: smaller models fit; the recipes' device batch sizes are sized for 80 GB cards.
+        note += f"; less than the {MIN_MEMORY_GIB} GiB the recipes' batch sizes assume, so d20 and up may run out of memory"
+    return note
 
 
 def choose_mode(facts: Facts, asked: str, target: str) -> tuple[str, str]:

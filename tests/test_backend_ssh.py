@@ -267,3 +267,10 @@ def test_up_without_a_host_and_a_handle_without_a_run(ssh_host):
     dry = runner(env, "up", "--backend", "ssh", "--host", ssh_host.target, "--smoke", "--storage", "s3://b-1/x", "--dry-run",
                  "-e", "HF_TOKEN=secret-value")
     assert dry.returncode == 0 and "HF_TOKEN" in dry.stdout and "secret-value" not in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_help_loads_no_ssh_library():
+    code = ("import sys\nfrom runner.cli import main\nfor args in (['--help'], ['up', '--help']):\n    try:\n        main(args)\n"
+            "    except SystemExit:\n        pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'cryptography', 'nacl', 'bcrypt')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(REPO)).stdout
+    assert out.strip().splitlines()[-1] == "[]"

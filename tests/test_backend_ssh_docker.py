@@ -66,7 +66,7 @@ def test_docker_mode_runs_the_image_on_the_hosts_engine(docker_ssh_host, docker_
     # The credentials reached the node through the client's stdin, not the container's config (a file on the host).
     config_env = container.attrs["Config"]["Env"] or []
     assert not [e for e in config_env if e.startswith(("AWS_", "RUNNER_PLAN_JSON"))], config_env
-    assert container.attrs["HostConfig"]["NetworkMode"] == "host"  # the S3 endpoint is the host's loopback
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"  # and so the S3 endpoint on the host's loopback is reachable
     environ = container.exec_run(["cat", "/proc/1/environ"]).output.decode().split("\0")
     assert "NVIDIA_VISIBLE_DEVICES=3" in environ
     client.close()
