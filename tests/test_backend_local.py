@@ -223,7 +223,7 @@ def test_chat_in_a_container_answers_and_serves_the_web_ui(docker_env, runner_im
     web = subprocess.Popen([sys.executable, "-m", "runner.cli", *chat, "--web", "--port", str(port)], env=env, cwd=str(REPO),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # a container start, staging and the server, on a busy CI machine
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
