@@ -82,6 +82,52 @@ def test_up_smoke_runs_to_success_with_every_artifact_in_storage(docker_env, run
     assert gone.returncode == 1 and "No run 'smoke-up'" in gone.stderr and "To fix:" in gone.stderr
 
 
+def test_chat_in_a_container_answers_and_serves_the_web_ui(docker_env, runner_image, image_flags_dir, storage, no_leftover_containers):
+    """`runner chat RUN --backend local`: the chat CLI answers from the run's checkpoint, and the web UI, bound to
+    127.0.0.1 inside a host-networked container, is this machine's http://127.0.0.1:PORT."""
+    import shutil
+    import socket
+    import urllib.request
+
+    assert runner(docker_env, *up_args(storage, runner_image, image_flags_dir, "chatty")).returncode == 0
+    env = docker_env
+    chat = ["chat", "chatty", "--storage", str(storage), "--backend", "local", "--image", runner_image, "-e", f"NANOCHAT_DOUBLE_FLAGS_DIR={image_flags_dir}"]
+    answer = runner(env, *chat, "-p", "Why is the sky blue?")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert "chatting with the sft model of run chatty" in answer.stdout + answer.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = subprocess.Popen([sys.executable, "-m", "runner.cli", *chat, "--web", "--port", str(port)], env=env, cwd=str(REPO),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240  # a container start, staging and the server, on a busy CI machine
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert "<title>NanoChat</title>" in response.read().decode()
+                    break
+            except OSError:
+                assert web.poll() is None, web.stdout.read()
+                assert time.monotonic() < deadline, "the containerised web UI did not come up"
+                time.sleep(0.3)
+        chromium = shutil.which("chromium")
+        if chromium:
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                                  f"--user-data-dir={storage.parent / 'chromium'}", "--dump-dom", f"http://127.0.0.1:{port}/"],
+                                 capture_output=True, text=True, timeout=120)
+            assert "<title>NanoChat</title>" in dom.stdout
+    finally:
+        web.send_signal(signal.SIGINT)
+        try:
+            web.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            web.wait()
+        subprocess.run(["docker", "rm", "-f", "nanochat-chat-chatty"], env=docker_env, capture_output=True)
+        runner(docker_env, "down", "chatty")
+
+
 def test_ctrl_c_detaches_and_logs_f_reattaches(docker_env, docker_engine, runner_image, image_flags_dir, storage, no_leftover_containers):
     """Ctrl-C on `runner up` leaves the run going; `runner logs -f HANDLE` follows it to its end from another process."""
     args = up_args(storage, runner_image, image_flags_dir, "detach-me", "--gpu-ids", "3", "-e", "NANOCHAT_DOUBLE_STEP_SEC=0.3")
@@ -202,49 +248,3 @@ def test_preflight_stops_when_the_storage_disk_is_too_small(docker_env, runner_i
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Not enough free disk for smoke: storage" in result.stderr and "To fix:" in result.stderr
     assert "started run" not in result.stderr
-
-
-def test_chat_in_a_container_answers_and_serves_the_web_ui(docker_env, runner_image, image_flags_dir, storage, no_leftover_containers):
-    """`runner chat RUN --backend local`: the chat CLI answers from the run's checkpoint, and the web UI, bound to
-    127.0.0.1 inside a host-networked container, is this machine's http://127.0.0.1:PORT."""
-    import shutil
-    import socket
-    import urllib.request
-
-    assert runner(docker_env, *up_args(storage, runner_image, image_flags_dir, "chatty")).returncode == 0
-    env = docker_env
-    chat = ["chat", "chatty", "--storage", str(storage), "--backend", "local", "--image", runner_image, "-e", f"NANOCHAT_DOUBLE_FLAGS_DIR={image_flags_dir}"]
-    answer = runner(env, *chat, "-p", "Why is the sky blue?")
-    assert answer.returncode == 0, answer.stdout + answer.stderr
-    assert "chatting with the sft model of run chatty" in answer.stdout + answer.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    web = subprocess.Popen([sys.executable, "-m", "runner.cli", *chat, "--web", "--port", str(port)], env=env, cwd=str(REPO),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240  # a container start, staging and the server, on a busy CI machine
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    assert "<title>NanoChat</title>" in response.read().decode()
-                    break
-            except OSError:
-                assert web.poll() is None, web.stdout.read()
-                assert time.monotonic() < deadline, "the containerised web UI did not come up"
-                time.sleep(0.3)
-        chromium = shutil.which("chromium")
-        if chromium:
-            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                                  f"--user-data-dir={storage.parent / 'chromium'}", "--dump-dom", f"http://127.0.0.1:{port}/"],
-                                 capture_output=True, text=True, timeout=120)
-            assert "<title>NanoChat</title>" in dom.stdout
-    finally:
-        web.send_signal(signal.SIGINT)
-        try:
-            web.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            web.kill()
-            web.wait()
-        subprocess.run(["docker", "rm", "-f", "nanochat-chat-chatty"], env=docker_env, capture_output=True)
-        runner(docker_env, "down", "chatty")
