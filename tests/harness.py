@@ -123,3 +123,18 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def upload_tree(local: Path, url: str, storage_options: dict, under: str = "") -> None:
+    """Copy a local folder (or its `under` subfolder) into an s3:// URL, keeping relative paths."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **storage_options)
+    for path in sorted(p for p in (local / under).rglob("*") if p.is_file()):
+        fs.put_file(str(path), f"{url[5:]}/{path.relative_to(local).as_posix()}")
+
+
+def seed_s3(url: str, storage_options: dict, tmp_path: Path) -> None:
+    """Every pre-seed item in an S3 storage, so a run there touches no network but the S3 server."""
+    preseed_files(tmp_path / "seeded")
+    upload_tree(tmp_path / "seeded", url, storage_options)

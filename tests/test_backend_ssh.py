@@ -20,7 +20,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from harness import REPO, preseed_files
+from harness import REPO, preseed_files, seed_s3
 from tests.infra.image import TIMINGS  # printed at the end of the session (conftest)
 
 pytestmark = pytest.mark.ssh
@@ -53,11 +53,7 @@ def handle(host, run_id: str) -> str:
 
 def seed_bucket(bucket, tmp_path: Path) -> None:
     """Every pre-seed item in the bucket, so the run on the host touches no network but the S3 server."""
-    seeded = tmp_path / "seeded"
-    preseed_files(seeded)
-    fs = fsspec.filesystem("s3", **bucket.storage_options)
-    for path in sorted(p for p in seeded.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{bucket.url[5:]}/{path.relative_to(seeded).as_posix()}")
+    seed_s3(bucket.url, bucket.storage_options, tmp_path)
 
 
 def host_folder(host, name: str) -> Path:

@@ -9,24 +9,15 @@ import subprocess
 import sys
 import time
 
-import fsspec
 import pytest
 
-from harness import base_env, make_double, pid_alive, preseed_files, read_calls, runner, smoke_plan, start_node
+from harness import base_env, make_double, pid_alive, preseed_files, read_calls, runner, seed_s3, smoke_plan, start_node
 from runner.checkpoints import stored_checkpoints
 from runner.storage import open_storage
 from tests.infra.seaweedfs import SeaweedFS
 
 WAIT_SEC = 120
 POLL_SEC = 0.02
-
-
-def seed_bucket(storage_url: str, storage_options: dict, tmp_path) -> None:
-    local = tmp_path / "seeded"
-    preseed_files(local)
-    fs = fsspec.filesystem("s3", **storage_options)
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{storage_url[5:]}/{path.relative_to(local).as_posix()}")
 
 
 def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = WAIT_SEC):
@@ -74,7 +65,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("kill_after_step", [0, 10, 25])
 def test_kill_9_during_base_train_then_resume(kill_after_step, s3_bucket, s3_env, tmp_path, reference):
-    seed_bucket(s3_bucket.url, s3_bucket.storage_options, tmp_path)
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
     plan, double = smoke_plan(tmp_path), make_double(tmp_path)
     env = base_env(tmp_path, dict(s3_bucket.env, NANOCHAT_DOUBLE_STEP_SEC="0.1"))
     storage = open_storage(s3_bucket.url)
@@ -106,7 +97,7 @@ def test_kill_9_during_base_train_then_resume(kill_after_step, s3_bucket, s3_env
 
 
 def test_kill_9_during_a_checkpoint_upload_leaves_no_manifest_on_a_partial_checkpoint(s3_bucket, s3_env, tmp_path, reference):
-    seed_bucket(s3_bucket.url, s3_bucket.storage_options, tmp_path)
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
     plan, double = smoke_plan(tmp_path), make_double(tmp_path)
     # Big checkpoint files make each upload take a while, so the kill lands inside one.
     env = base_env(tmp_path, dict(s3_bucket.env, NANOCHAT_DOUBLE_STEP_SEC="0.05", NANOCHAT_DOUBLE_CKPT_MB="40"))
@@ -146,7 +137,7 @@ def test_an_s3_outage_mid_run_is_ridden_out(tmp_path, monkeypatch):
         client = server.boto3_client()
         client.create_bucket(Bucket="outage")
         url = "s3://outage/run"
-        seed_bucket(url, server.storage_options(), tmp_path)
+        seed_s3(url, server.storage_options(), tmp_path)
         plan, double = smoke_plan(tmp_path), make_double(tmp_path)
         env = base_env(tmp_path, dict(server.env(), NANOCHAT_DOUBLE_STEP_SEC="0.3"))  # 40 steps: 12 s of training
         storage = open_storage(url, check=False)
@@ -168,7 +159,7 @@ def test_an_s3_outage_mid_run_is_ridden_out(tmp_path, monkeypatch):
 
 
 def test_second_run_skips_everything_and_a_rerun_restores_the_compile_cache(s3_bucket, s3_env, tmp_path):
-    seed_bucket(s3_bucket.url, s3_bucket.storage_options, tmp_path)
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
     double = make_double(tmp_path)
     args = ["node", "run", "--storage", s3_bucket.url, "--model", "smoke", "--nanochat-dir", str(double), "--python", sys.executable, "--run-id", "c"]
     first = runner(args, base_env(tmp_path, s3_bucket.env))

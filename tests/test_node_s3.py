@@ -6,19 +6,11 @@ import json
 
 import fsspec
 
-from harness import base_env, make_double, node_run, preseed_files, read_calls
-
-
-def upload_tree(local, bucket) -> None:
-    fs = fsspec.filesystem("s3", **bucket.storage_options)
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{bucket.url[5:]}/{path.relative_to(local).as_posix()}")
+from harness import base_env, make_double, node_run, read_calls, seed_s3
 
 
 def test_smoke_plan_end_to_end_on_s3_then_rerun_skips(s3_bucket, tmp_path):
-    seeded = tmp_path / "seeded"
-    preseed_files(seeded)
-    upload_tree(seeded, s3_bucket)
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
     double = make_double(tmp_path)
     env = base_env(tmp_path, s3_bucket.env)
 
@@ -46,9 +38,7 @@ def test_smoke_plan_end_to_end_on_s3_then_rerun_skips(s3_bucket, tmp_path):
 
 def test_a_fresh_node_stages_everything_back_from_s3(s3_bucket, tmp_path):
     """Phases on a second machine (a new scratch) find their inputs in storage only."""
-    seeded = tmp_path / "seeded"
-    preseed_files(seeded)
-    upload_tree(seeded, s3_bucket)
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
     double = make_double(tmp_path)
     env = base_env(tmp_path, s3_bucket.env)
     assert node_run(s3_bucket.url, double, env, "--only", "data").code == 0

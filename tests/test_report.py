@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import struct
 
-import fsspec
 from click.testing import CliRunner
 
-from harness import base_env, make_double, node_run, preseed_files
+from harness import base_env, make_double, node_run, preseed_files, upload_tree
 from runner.cli import main
 from runner.live import format_line, summarize
 from runner.runlogs import load_run
@@ -73,10 +72,7 @@ def test_live_summary_line(tmp_path):
 
 def test_ls_lists_runs_on_s3(s3_bucket, s3_env, tmp_path):
     local = finished_run(tmp_path)
-    fs = fsspec.filesystem("s3", **s3_bucket.storage_options)
-    for path in (local / "_runner").rglob("*"):
-        if path.is_file():
-            fs.put_file(str(path), f"{s3_bucket.url[5:]}/{path.relative_to(local).as_posix()}")
+    upload_tree(local, s3_bucket.url, s3_bucket.storage_options, under="_runner")
     out = CliRunner().invoke(main, ["ls", s3_bucket.url])
     assert out.exit_code == 0, out.output
     assert "test-run" in out.output and "succeeded" in out.output and "report" in out.output and "smoke" in out.output
