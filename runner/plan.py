@@ -50,8 +50,22 @@ def check_gpus(gpus: int) -> None:
         )
 
 
-def new_run_id(model: str, recipe: str, gpus: int) -> str:
-    return f"{recipe}-{model}-{gpus}gpu-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+def check_device(device: str, smoke: bool, gpus: int) -> None:
+    """Without NVIDIA GPUs only the rehearsal makes sense: the smoke sizes, one process."""
+    from .devices import DEVICES
+
+    if device not in DEVICES:
+        raise PlanError(f"Unknown device {device!r}.", [f"Use one of: {', '.join(DEVICES)} (or auto)."])
+    if device != "cuda" and not smoke:
+        raise PlanError(f"A real model on the {device.upper()} would take months; only the rehearsal runs there.",
+                        ["Rehearse every phase at tiny sizes: --smoke.", "Train the real model on NVIDIA GPUs: --backend local|ssh|modal."])
+    if device != "cuda" and gpus != 1:
+        raise PlanError(f"The {device.upper()} rehearsal runs as one process, not {gpus}.", ["Drop --gpus."])
+
+
+def new_run_id(model: str, recipe: str, gpus: int, device: str = "cuda") -> str:
+    where = f"{gpus}gpu" if device == "cuda" else device
+    return f"{recipe}-{model}-{where}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def _fill(template: str, values: dict) -> str:
@@ -87,6 +101,7 @@ def build_plan(
     wandb_run: str | None = "dummy",  # None: named after the run id
     run_id: str | None = None,
     checkpoint_every_min: float = 30.0,
+    device: str = "cuda",
 ) -> Plan:
     from .estimate import gpu_facts
 
@@ -97,6 +112,7 @@ def build_plan(
     model_name, depth_value, smoke = parse_model(model, depth, recipe)
     gpus = gpus if gpus is not None else (1 if smoke else 8)
     check_gpus(gpus)
+    check_device(device, smoke, gpus)
     gpu = gpu_facts(gpu_type)
     shape = model_math.derive_shape(depth_value, recipe["model"], recipe["data"], gpu["memory_gib"])
     if shape.device_batch_size == 0:
@@ -106,7 +122,7 @@ def build_plan(
             ["Choose a smaller model (--model d20) or a GPU with more memory (--gpu-type H200)."],
         )
     shards = recipe["smoke"]["shards"] if smoke else shape.shards_to_download
-    run_id = run_id or new_run_id(model_name, recipe_name, gpus)
+    run_id = run_id or new_run_id(model_name, recipe_name, gpus, device)
     wandb_run = wandb_run or run_id
     values = {
         "depth": depth_value,
@@ -130,7 +146,9 @@ def build_plan(
             continue
         steps = []
         for raw in raw_phase["step"]:
-            args = raw["smoke"] if smoke and "smoke" in raw else raw["args"]
+            args = raw["args"]
+            if smoke:  # the rehearsal (no NVIDIA GPU) takes its own sizes where a step states them
+                args = raw.get("rehearsal", raw.get("smoke", args)) if device != "cuda" else raw.get("smoke", args)
             step = Step(
                 name=raw["name"],
                 module=raw["module"],
@@ -176,6 +194,7 @@ def build_plan(
         preseed={name: dict(item) for name, item in recipe.get("preseed", {}).items()},
         phases=phases,
         run_id=run_id,
+        device=device,
     )
     the_plan.check(fix="Fix the recipe file so every flag exists in its flag table (runner/recipes/flags-*.json).")
     return the_plan

@@ -72,7 +72,16 @@ class Plan:
     phases: list[Phase]
     run_id: str = ""
     backend: str = ""  # where it runs (set by `runner up`); prices the live cost
+    device: str = "cuda"  # cuda: NVIDIA GPUs; cpu or mps: the rehearsal on a machine without them
     version: int = PLAN_VERSION
+
+    @property
+    def on_gpus(self) -> bool:
+        return self.device == "cuda"
+
+    def where(self) -> str:
+        """Where it runs, in words: "8× H100", or this machine's CPU."""
+        return f"{self.gpus}× {self.gpu_type}" if self.on_gpus else f"this machine's {self.device.upper()} (the rehearsal)"
 
     @property
     def model_tag(self) -> str:
