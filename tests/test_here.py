@@ -17,7 +17,8 @@ from harness import base_env, make_double, pid_alive, preseed_files, read_calls
 def laptop(tmp_path: Path, **extra) -> dict:
     """A laptop's shell: no GPU, nanochat's double as the checkout, caches under tmp."""
     env = base_env(tmp_path, {"NANOCHAT_DIR": str(make_double(tmp_path)), "NANOCHAT_DOUBLE_DEVICE": "cpu",
-                              "XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", **extra})
+                              "XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+                              "RUNNER_NANOCHAT_PYTHON": sys.executable, **extra})
     return env
 
 

@@ -21,7 +21,7 @@ def node():
 @click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="Where everything lives: a path, file://, s3://bucket/prefix or memory://.")
 @storage_option
 @click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR, set by the image).")
-@click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies (default: the checkout's .venv).")
+@click.option("--python", "python_exe", envvar="RUNNER_NANOCHAT_PYTHON", default=None, help="Interpreter with nanochat's dependencies (default: the checkout's .venv; env RUNNER_NANOCHAT_PYTHON).")
 @click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Fast local disk for NANOCHAT_BASE_DIR and caches (default: /scratch if writable, else a temp dir).")
 @click.option("--run-id", default=None, help="Name of this run in storage (default: the plan's).")
 @node_options
