@@ -18,7 +18,7 @@ from .options import storage_option
 @click.option("--port", type=int, default=8000, show_default=True, help="Port of the web UI.")
 @click.option("--source", default=None, help="Which model: a chat phase of the recipe, e.g. sft, rl or mid (default: the most trained).")
 @click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR).")
-@click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies.")
+@click.option("--python", "python_exe", envvar="RUNNER_NANOCHAT_PYTHON", default=None, help="Interpreter with nanochat's dependencies (env RUNNER_NANOCHAT_PYTHON).")
 @click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Local disk for the staged checkpoint.")
 @click.option("--backend", "backend_name", type=click.Choice(["here", "local"]), default="here", show_default=True,
               help="here: this machine (a GPU node with nanochat); local: a container of the run's image on the local Docker engine.")
