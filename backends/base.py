@@ -1,10 +1,12 @@
 """The backend contract: what every backend (local Docker, SSH host, Modal) implements, and nothing more.
 
 Modelled on torchx's scheduler API, minus its generics: a `RunSpec` says what to run (a plan, a storage URL,
-the image, GPUs, environment); a backend can show it without spending anything (`dry_run`), check the machine
-(`preflight`), start it detached (`submit`, which returns a handle string), and later, from any terminal, find it
-again from that handle alone (`describe`, `logs`, `cancel`). Handles look like `local://nanochat-<run id>`: the
-scheme names the backend, the rest is the backend's own id, so no job database is kept on the laptop.
+the image, GPUs, environment, the node agent's options); `prepare` turns it into a `Prepared` launch without
+spending anything (its text is the dry run: the dry run is the object that gets launched), `preflight` checks the
+machine and returns the `Prepared` to start (an image found or built, a mode chosen), `launch` starts it detached
+and returns a handle string, and later, from any terminal, the handle alone finds the run again (`describe`,
+`logs`, `cancel`). Handles look like `local://nanochat-<run id>`: the scheme names the backend, the rest is the
+backend's own id, so no job database is kept on the laptop. What the node runs is described once in launch.py.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from runner.errors import RunnerError
+
+from .launch import NodeCommand
 
 # Variables a run may need on the node; forwarded when set here. Values are never printed.
 FORWARDED_ENV = (
@@ -67,7 +71,13 @@ class RunSpec:
     plan: object  # runner.plan.Plan
     storage: str
     storage_options: list[str] = field(default_factory=list)
-    node_args: list[str] = field(default_factory=list)  # --offline, --force, --from X, --only X, --heartbeat-sec N
+    # The node agent's own options (runner node run --offline/--force/--fresh/--from/--only/--heartbeat-sec).
+    offline: bool = False
+    force: bool = False
+    fresh: bool = False
+    from_phase: str | None = None
+    only_phase: str | None = None
+    heartbeat_sec: float | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra variables for the node (-e/--env)
     image: str | None = None
     build_args: dict[str, str] = field(default_factory=dict)
@@ -79,6 +89,14 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         return self.plan.run_id
+
+    def node_command(self, storage: str | None = None, **paths) -> NodeCommand:
+        """`runner node run` for this spec; `storage` as the node sees it, `paths` = plan_file, nanochat_dir, scratch."""
+        return NodeCommand(
+            storage=storage or self.storage, run_id=self.run_id, storage_options=tuple(self.storage_options),
+            offline=self.offline, force=self.force, fresh=self.fresh, from_phase=self.from_phase,
+            only_phase=self.only_phase, heartbeat_sec=self.heartbeat_sec, **paths,
+        )
 
     def node_env(self) -> dict[str, str]:
         """The node's environment: forwarded variables that are set here, S3 credentials for s3://, then --env."""
@@ -107,6 +125,20 @@ class RunInfo:
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A launch ready to start: `request` is exactly what `launch` hands to the engine (Docker SDK arguments, a
+    script, Modal calls), `render` how it reads; `str()` is the dry run."""
+
+    spec: RunSpec
+    summary: tuple[str, ...]  # for a person: where it runs, what preflight checks, the handle
+    request: Any
+    render: Callable[[Any], list[str]] = lambda request: []
+
+    def __str__(self) -> str:
+        return "\n".join([*self.summary, *self.render(self.request)])
+
+
 class Backend(ABC):
     """One place runs can be started; see the module docstring for the contract."""
 
@@ -116,17 +148,17 @@ class Backend(ABC):
         return f"{self.name}://{ident}"
 
     @abstractmethod
-    def dry_run(self, spec: RunSpec) -> str:
-        """What `submit` would do, as text for a person; spends nothing and starts nothing."""
+    def prepare(self, spec: RunSpec) -> Prepared:
+        """The launch for this spec, touching nothing: no engine, no network. Its text is the dry run."""
 
     @abstractmethod
-    def preflight(self, spec: RunSpec, log: Log) -> None:
-        """Check the machine can run the spec and make what `submit` needs (an image, say); raise
-        `PreflightError` with the fix. Starts no run."""
+    def preflight(self, prepared: Prepared, log: Log) -> Prepared:
+        """Check the machine can run it and make what the launch needs (an image, an install); raise
+        `PreflightError` with the fix. Returns the `Prepared` to launch; starts no run."""
 
     @abstractmethod
-    def submit(self, spec: RunSpec) -> str:
-        """Start the run detached (it survives this process); return its handle."""
+    def launch(self, prepared: Prepared) -> str:
+        """Start the prepared run detached (it survives this process); return its handle."""
 
     @abstractmethod
     def describe(self, handle: str) -> RunInfo:

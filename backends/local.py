@@ -1,6 +1,6 @@
 """The local backend: one detached container on a Docker engine on this machine (an owned 8×H100 box).
 
-`submit` starts the image with `runner node run` as its command, the plan in RUNNER_PLAN_JSON, the GPUs asked for
+`launch` starts the image with `runner node run` as its command, the plan in RUNNER_PLAN_JSON, the GPUs asked for
 (a count, "all", or device ids), `ipc=host` (NCCL's shared-memory transport needs more than Docker's 64 MB /dev/
 shm), and the storage: a local folder is bind-mounted at /storage and written as the calling user, an s3:// URL
 is passed through with the AWS_* variables set here. The container is named `nanochat-<run id>` and labelled with
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -20,7 +21,8 @@ from urllib.parse import urlparse
 from runner.storage import parse_options, split_url
 
 from . import local_image, preflight
-from .base import Backend, BackendError, Log, PreflightError, RunInfo, RunSpec, State, split_handle, state_from_exit
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State, split_handle, state_from_exit
+from .launch import ContainerLaunch, GpuRequest, Mount, docker_run_argv, docker_sdk_kwargs
 
 LABEL_RUN = "org.nanochat-runner.run-id"
 LABEL_STORAGE = "org.nanochat-runner.storage"
@@ -72,8 +74,8 @@ class LocalBackend(Backend):
 
     # -- what the container gets ---------------------------------------------------------------------------------
 
-    def storage_mount(self, spec: RunSpec) -> tuple[str, dict, str | None]:
-        """(storage URL inside the container, volumes, host folder or None)."""
+    def storage_mount(self, spec: RunSpec) -> tuple[str, tuple[Mount, ...], str | None]:
+        """(storage URL inside the container, mounts, host folder or None)."""
         protocol, path = split_url(spec.storage)
         if protocol == "file":
             if not engine_is_local():
@@ -81,10 +83,10 @@ class LocalBackend(Backend):
                     f"Storage {spec.storage} is a folder on this machine, but the engine ({os.environ['DOCKER_HOST']}) is elsewhere.",
                     ["Use s3://BUCKET/PREFIX storage, or run `runner up` on the engine's machine."],
                 )
-            return CONTAINER_STORAGE, {path: {"bind": CONTAINER_STORAGE, "mode": "rw"}}, path
+            return CONTAINER_STORAGE, (Mount(path, CONTAINER_STORAGE),), path
         if protocol == "memory":
             raise BackendError("memory:// storage lives inside one process; a container cannot reach it.", ["Use a folder or s3://BUCKET/PREFIX."])
-        return spec.storage, {}, None
+        return spec.storage, (), None
 
     def network_mode(self, spec: RunSpec) -> str | None:
         """Host networking when the S3 endpoint is this machine's loopback, which a bridged container cannot reach."""
@@ -94,78 +96,46 @@ class LocalBackend(Backend):
         host = urlparse(str(endpoint)).hostname or ""
         return "host" if host in LOOPBACK or host.startswith("127.") else None
 
-    def device_request(self, spec: RunSpec):
-        from docker.types import DeviceRequest
-
-        ids = (spec.gpu_ids or "").strip()
-        if ids == "all":
-            return DeviceRequest(count=-1, capabilities=[["gpu"]])
-        if ids:
-            devices = [d.strip() for d in ids.split(",") if d.strip()]
-            if len(devices) != spec.plan.gpus:
-                raise BackendError(
-                    f"--gpu-ids names {len(devices)} device(s) but the plan runs on {spec.plan.gpus}.",
-                    [f"Name {spec.plan.gpus} devices, or make the plan for {len(devices)} with --gpus {len(devices)}."],
-                )
-            return DeviceRequest(device_ids=devices, capabilities=[["gpu"]])
-        return DeviceRequest(count=spec.plan.gpus, capabilities=[["gpu"]])
-
-    def command(self, spec: RunSpec, storage_url: str) -> list[str]:
-        options = [arg for option in spec.storage_options for arg in ("--storage-option", option)]
-        return ["node", "run", "--storage", storage_url, "--run-id", spec.run_id, *options, *spec.node_args]
-
-    def container_kwargs(self, spec: RunSpec, image: str) -> dict:
-        storage_url, volumes, host_folder = self.storage_mount(spec)
+    def container_launch(self, spec: RunSpec, image: str) -> ContainerLaunch:
+        """The run's container: `runner node run` with the plan in RUNNER_PLAN_JSON, its GPUs, storage and scratch."""
+        storage_url, mounts, host_folder = self.storage_mount(spec)
         if spec.scratch:
-            volumes[str(Path(spec.scratch).expanduser().resolve())] = {"bind": CONTAINER_SCRATCH, "mode": "rw"}
-        kwargs = {
-            "image": image,
-            "command": self.command(spec, storage_url),
-            "name": NAME_PREFIX + spec.run_id,
-            "labels": {LABEL_RUN: spec.run_id, LABEL_STORAGE: host_folder or spec.storage},
-            "environment": {"RUNNER_PLAN_JSON": json.dumps(spec.plan.to_dict()), **spec.node_env()},
-            "volumes": volumes,
-            "device_requests": [self.device_request(spec)],
-            "ipc_mode": "host",
-            "init": True,  # reaps torchrun's children and forwards `docker stop`'s SIGTERM to the node agent
-            # No ulimit changes: an unlimited memlock matters for RDMA between nodes, not for one node's NVLink,
-            # and engines in restricted environments refuse to raise it.
-            "detach": True,
-        }
-        if host_folder or spec.scratch:
+            mounts += (Mount(str(Path(spec.scratch).expanduser().resolve()), CONTAINER_SCRATCH),)
+        return ContainerLaunch(
+            image=image,
+            args=tuple(spec.node_command(storage_url).argv()),
+            name=NAME_PREFIX + spec.run_id,
+            gpus=GpuRequest.parse(spec.gpu_ids, spec.plan.gpus),
+            env={"RUNNER_PLAN_JSON": json.dumps(spec.plan.to_dict()), **spec.node_env()},
+            mounts=mounts,
             # Files in a bind-mounted folder belong to whoever runs `runner up`, not to the image's user.
-            kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
-        network = self.network_mode(spec)
-        if network:
-            kwargs["network_mode"] = network
-        return kwargs
+            user=f"{os.getuid()}:{os.getgid()}" if host_folder or spec.scratch else None,
+            network=self.network_mode(spec),
+            labels={LABEL_RUN: spec.run_id, LABEL_STORAGE: host_folder or spec.storage},
+        )
 
-    def dry_run(self, spec: RunSpec) -> str:
+    def prepare(self, spec: RunSpec) -> Prepared:
         image = spec.image or local_image.default_tag(spec.plan)
-        kw = self.container_kwargs(spec, image)
-        request = kw["device_requests"][0]
-        gpus = "all" if request.count == -1 else (",".join(request.device_ids) if request.device_ids else str(request.count))
-        argv = ["docker", "run", "--detach", "--name", kw["name"], "--init", "--ipc=host", f"--gpus={gpus}"]
-        argv += [f"--label={k}={v}" for k, v in kw["labels"].items()]
-        argv += [f"--volume={host}:{v['bind']}" for host, v in kw["volumes"].items()]
-        argv += [f"--user={kw['user']}"] if "user" in kw else []
-        argv += [f"--network={kw['network_mode']}"] if "network_mode" in kw else []
-        argv += [f"--env={name}" for name in kw["environment"]]  # names only: values may be secrets
-        argv += [image, *kw["command"]]
         built = "found on the engine, or built from this repository's Dockerfile" if not spec.rebuild else "rebuilt"
-        return "\n".join([
+        summary = (
             f"backend local: one container on the Docker engine at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}",
             f"image {image} ({built}, nanochat {spec.plan.commit[:7]})",
             "preflight: engine, storage, free disk, image's nanochat commit, a GPU probe container",
+        )
+        return Prepared(spec, summary, self.container_launch(spec, image), self._render)
+
+    def _render(self, launch: ContainerLaunch) -> list[str]:
+        return [
             "then (environment values are not shown; RUNNER_PLAN_JSON holds the plan):",
-            "  " + shlex.join(argv),
-            f"handle: {self.handle_for(kw['name'])}",
-        ])
+            "  " + shlex.join(docker_run_argv(launch)),
+            f"handle: {self.handle_for(launch.name)}",
+        ]
 
     # -- before starting -----------------------------------------------------------------------------------------
 
-    def preflight(self, spec: RunSpec, log: Log) -> None:
+    def preflight(self, prepared: Prepared, log: Log) -> Prepared:
         """Cheap checks first (engine, storage, disk), then the image (built if missing), then a GPU probe."""
+        spec = prepared.spec
         version = self.client.version()
         log(f"preflight: engine Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})")
         _, _, host_folder = self.storage_mount(spec)
@@ -187,20 +157,22 @@ class LocalBackend(Backend):
                 places.append(preflight.DiskPlace("scratch in the engine's data-root", Path(root), "pass --scratch DIR on a bigger local disk"))
         for note in preflight.check_disk(spec.plan, places):
             log(f"preflight: {note}")
-        spec.image = local_image.ensure(self.client, spec, log)
-        log(f"preflight: {local_image.check_commit(self.client, spec.image, spec.plan)}")
-        log(f"preflight: {self.probe_gpus(spec)}")
+        image = local_image.ensure(self.client, spec, log)
+        log(f"preflight: {local_image.check_commit(self.client, image, spec.plan)}")
+        log(f"preflight: {self.probe_gpus(spec, image)}")
         existing = self._find(NAME_PREFIX + spec.run_id)
         if existing is not None and existing.status in ("running", "restarting", "paused", "created"):
             handle = self.handle_for(existing.name)
             raise PreflightError(f"Run {spec.run_id} is already running ({handle}).", [f"Follow it: `runner logs -f {handle}`, or stop it: `runner down {handle}`.", "Or give this run another --run-id."])
+        return replace(prepared, request=replace(prepared.request, image=image))
 
-    def probe_gpus(self, spec: RunSpec) -> str:
+    def probe_gpus(self, spec: RunSpec, image: str | None = None) -> str:
         """Start a throwaway container with the run's GPU request: the only real test that the engine can do it."""
         import docker
 
+        gpus = GpuRequest.parse(spec.gpu_ids, spec.plan.gpus)
         container = self.client.containers.create(
-            spec.image, entrypoint=["/bin/sh", "-c", preflight.PROBE_SCRIPT], command=[], device_requests=[self.device_request(spec)],
+            image or spec.image, entrypoint=["/bin/sh", "-c", preflight.PROBE_SCRIPT], command=[], device_requests=[gpus.device_request()],
             network_mode="none", labels={"org.nanochat-runner.probe": spec.run_id},
         )
         output, code, start_error = "", None, ""
@@ -216,19 +188,19 @@ class LocalBackend(Backend):
 
     # -- the run -------------------------------------------------------------------------------------------------
 
-    def submit(self, spec: RunSpec) -> str:
+    def launch(self, prepared: Prepared) -> str:
         import docker
 
-        kwargs = self.container_kwargs(spec, spec.image or local_image.default_tag(spec.plan))
+        kwargs = docker_sdk_kwargs(prepared.request)
         old = self._find(kwargs["name"])
         if old is not None:  # a finished earlier attempt under this run id: storage keeps its progress, not the container
             old.remove(force=True)
-        container = self.client.containers.create(**{k: v for k, v in kwargs.items() if k != "detach"})
+        container = self.client.containers.create(**kwargs)
         try:
             container.start()
         except docker.errors.APIError as e:
             container.remove(force=True)
-            preflight.probe_verdict("", None, str(e.explanation or e), spec.plan.gpus)  # raises the explained error
+            preflight.probe_verdict("", None, str(e.explanation or e), prepared.spec.plan.gpus)  # raises the explained error
             raise
         return self.handle_for(container.name)
 

@@ -15,7 +15,8 @@ import sys
 
 from . import local_image
 from .base import BackendError, RunSpec
-from .local import CONTAINER_STORAGE, LocalBackend
+from .launch import ContainerLaunch, GpuRequest, docker_run_argv
+from .local import LocalBackend
 
 
 def chat_in_container(plan, storage: str, storage_options: list[str], chat_args: list[str], image: str | None,
@@ -26,19 +27,17 @@ def chat_in_container(plan, storage: str, storage_options: list[str], chat_args:
     backend = LocalBackend()
     spec = RunSpec(plan=plan, storage=storage, storage_options=list(storage_options), image=image, env=dict(extra_env))
     tag = local_image.ensure(backend.client, spec, log)
-    storage_url, volumes, host_folder = backend.storage_mount(spec)
-    argv = [docker, "run", "--rm", "--network", "host", "--ipc", "host", "--gpus", "1", "--init",
-            "--name", f"nanochat-chat-{plan.run_id}"]
-    if sys.stdin.isatty() and "-p" not in chat_args and "--web" not in chat_args:
-        argv.append("-it")  # an interactive conversation
-    for host, mount in volumes.items():
-        argv += ["-v", f"{host}:{mount['bind']}:{mount['mode']}"]
-    if host_folder:
-        argv += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    storage_url, mounts, host_folder = backend.storage_mount(spec)
     env = spec.node_env()
-    for name in env:
-        argv += ["-e", name]  # by name: the value comes from the environment below, not from this command line
     options = [a for option in storage_options for a in ("--storage-option", option)]
-    argv += [tag, "chat", plan.run_id, "--storage", storage_url if host_folder is None else CONTAINER_STORAGE, *options, *chat_args]
+    launch = ContainerLaunch(
+        image=tag, args=("chat", plan.run_id, "--storage", storage_url, *options, *chat_args), name=f"nanochat-chat-{plan.run_id}",
+        gpus=GpuRequest(1), env=env, mounts=mounts, user=f"{os.getuid()}:{os.getgid()}" if host_folder else None, network="host",
+    )
+    flags = ["--rm"]
+    if sys.stdin.isatty() and "-p" not in chat_args and "--web" not in chat_args:
+        flags.append("-it")  # an interactive conversation
+    argv = docker_run_argv(launch, run_flags=tuple(flags))
     log(f"chat in a container of {tag} on the local engine")
-    return subprocess.call(argv, env={**os.environ, **env})
+    # Variables go by name (--env=NAME): their values come from this environment, not from the command line.
+    return subprocess.call([docker, *argv[1:]], env={**os.environ, **env})

@@ -11,15 +11,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.estimate import disk_need  # noqa: F401 - the disk model lives beside the time model
+
 from .base import PreflightError
 
 GB = 1e9
-# A full checkpoint (model + optimizer state) is about 12 bytes per parameter (fp32 weights, Muon momentum, AdamW
-# moments for the embeddings); base and mid-training keep one, SFT and RL save the model only (4 bytes/param).
-FULL_CHECKPOINT_BYTES_PER_PARAM = 12
-MODEL_ONLY_BYTES_PER_PARAM = 4
-PRESEEDED_BYTES = 3 * GB  # eval bundle, identity/word lists, HuggingFace task data, tiktoken encodings
-MARGIN = 1.1
 
 # The probe prints NVIDIA_VISIBLE_DEVICES and, where the toolkit mounted it, `nvidia-smi -L` (one line per GPU).
 PROBE_SCRIPT = (
@@ -34,18 +30,6 @@ TOOLKIT_FIXES = [
     "Register it with Docker and restart the engine: `sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`.",
     "Check with `docker run --rm --gpus all nvidia/cuda:12.8.1-base-ubuntu24.04 nvidia-smi`, then run this command again.",
 ]
-
-
-def disk_need(plan) -> dict[str, float]:
-    """Bytes the plan writes, by kind: shards, checkpoints, pre-seeded files (with a 10% margin in `total`)."""
-    from runner.estimate import prices
-
-    shard_bytes = plan.data["shards"] * prices()["assumptions"]["shard_mb"] * 1e6
-    params = plan.shape["params_total"]
-    checkpoints = params * (2 * FULL_CHECKPOINT_BYTES_PER_PARAM + MODEL_ONLY_BYTES_PER_PARAM * (2 if plan.with_rl else 1))
-    need = {"shards": shard_bytes, "checkpoints": float(checkpoints), "pre-seeded files": PRESEEDED_BYTES}
-    need["total"] = sum(need.values()) * MARGIN
-    return need
 
 
 def existing_parent(path: str | Path) -> Path:

@@ -22,11 +22,12 @@ import json
 import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from . import local_image, ssh_docker, ssh_preflight, ssh_remote
-from .base import Backend, BackendError, Log, PreflightError, RunInfo, RunSpec, State, state_from_exit
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State, state_from_exit
+from .launch import ContainerLaunch, GpuRequest, NodeCommand
 from .ssh_conn import Connection, Target, known_hosts_path
 from .ssh_install import Install
 
@@ -43,14 +44,18 @@ class Options:
     wheelhouse: str | None = None
 
 
-@dataclass
-class Prepared:
-    """What preflight found and made, for submit."""
+@dataclass(frozen=True)
+class HostLaunch:
+    """What `launch` starts on the host: the node command and, once preflight has looked, the mode, the host's facts
+    and the install (bare) or the container (docker)."""
 
-    mode: str
-    facts: ssh_preflight.Facts
+    target: Target
+    mode: str  # auto until preflight chooses
+    node: NodeCommand
+    env_names: tuple[str, ...]
+    facts: ssh_preflight.Facts | None = None
     install: Install | None = None
-    image: str | None = None
+    container: ContainerLaunch | None = None
 
 
 class SSHBackend(Backend):
@@ -59,7 +64,6 @@ class SSHBackend(Backend):
     def __init__(self):
         self.options = Options()
         self._conns: dict[Target, Connection] = {}
-        self._prepared: Prepared | None = None
         self._log: Log = lambda _m: None
 
     def configure(self, **options) -> None:
@@ -119,45 +123,42 @@ class SSHBackend(Backend):
         return places
 
     def _env(self, spec: RunSpec) -> dict[str, str]:
-        env = spec.node_env()
-        ids = (spec.gpu_ids or "").strip()
-        if ids and ids != "all":
-            env["CUDA_VISIBLE_DEVICES"] = ids
-        return env
+        return {**spec.node_env(), **GpuRequest.parse(spec.gpu_ids, spec.plan.gpus).visible_devices()}
 
-    def _node_args(self, spec: RunSpec, storage: str) -> list[str]:
-        options = [arg for option in spec.storage_options for arg in ("--storage-option", option)]
-        return ["node", "run", "--storage", storage, "--run-id", spec.run_id, *options, *spec.node_args]
-
-    def _bare_argv(self, spec: RunSpec, prepared: Prepared) -> list[str]:
-        facts, install = prepared.facts, prepared.install
-        plan = f"{facts.home}/.nanochat-runner/runs/{spec.run_id}/plan.json"
-        return [install.runner_bin, *self._node_args(spec, facts.paths.get("storage") or spec.storage), "--plan", plan,
-                "--nanochat-dir", install.nanochat_dir, "--scratch", facts.paths["scratch"]]
-
-    def dry_run(self, spec: RunSpec) -> str:
+    def prepare(self, spec: RunSpec) -> Prepared:
         target = self.target()
         mode = self.options.mode
-        names = sorted(self._env(spec))
-        return "\n".join([
+        summary = (
             f"backend ssh: {target} (host key checked against {known_hosts_path()})",
             f"mode: {mode}" + (" (docker when the host's Docker has the NVIDIA runtime, else bare)" if mode == "auto" else ""),
             f"preflight over SSH: nvidia-smi ({spec.plan.gpus} GPU(s), driver >= {ssh_preflight.MIN_DRIVER_TEXT}), free disk, Docker",
             "bare: uv, nanochat " + spec.plan.commit[:7] + " and the runner under ~/.nanochat-runner (once; skipped when installed)",
             f"docker: image {spec.image or local_image.default_tag(spec.plan)} on the host's engine (built there when missing)",
-            f"then: `runner node run --storage {spec.storage} --run-id {spec.run_id} {shlex.join(spec.node_args)}` detached, "
-            f"in ~/.nanochat-runner/runs/{spec.run_id}/",
-            f"environment sent through stdin (values not shown): {', '.join(names) or '(none)'}",
-            f"handle: {target.url(spec.run_id)}",
-        ])
+        )
+        request = HostLaunch(target, mode, spec.node_command(), tuple(sorted(self._env(spec))))
+        return Prepared(spec, summary, request, self._render)
+
+    def _render(self, request: HostLaunch) -> list[str]:
+        if request.container is not None:
+            command = shlex.join(ssh_docker.run_argv(request.container))
+        elif request.install is not None:
+            command = shlex.join([request.install.runner_bin, *request.node.argv()])
+        else:
+            command = shlex.join(["runner", *request.node.argv()])
+        return [
+            f"then: `{command}` detached, in ~/.nanochat-runner/runs/{request.node.run_id}/",
+            f"environment sent through stdin (values not shown): {', '.join(request.env_names) or '(none)'}",
+            f"handle: {request.target.url(request.node.run_id)}",
+        ]
 
     # -- before starting -----------------------------------------------------------------------------------------
 
-    def preflight(self, spec: RunSpec, log: Log) -> None:
+    def preflight(self, prepared: Prepared, log: Log) -> Prepared:
+        spec, request = prepared.spec, prepared.request
         if not RUN_ID_RE.match(spec.run_id):
             raise PreflightError(f"Run id {spec.run_id!r} cannot name a folder on the host.", ["Use letters, digits, '.', '-' and '_'."])
         self._log = log
-        target = self.target()
+        target = request.target
         conn = self.conn(target)
         log(f"preflight: logged in to {target}; its host key matches known_hosts")
         code, out = conn.script(ssh_preflight.facts_script(self._places(spec, self.options.mode)), timeout=120)
@@ -176,37 +177,38 @@ class SSHBackend(Backend):
         if info is not None and info.state == State.RUNNING:
             raise PreflightError(f"Run {spec.run_id} is already running on {target} ({info.handle}).",
                                  [f"Follow it: `runner logs -f {info.handle}`, or stop it: `runner down {info.handle}`.", "Or give this run another --run-id."])
-        prepared = Prepared(mode, facts)
         if mode == "bare":
-            prepared.install = Install(spec.plan, facts.home, self.options.nanochat_src, self.options.wheelhouse)
-            prepared.install.ensure(conn, log)
-        else:
-            prepared.image = ssh_docker.ensure_image(conn, spec, log)
-            log(f"preflight: {ssh_docker.probe_gpus(conn, spec, prepared.image)}")
-        self._prepared = prepared
+            install = Install(spec.plan, facts.home, self.options.nanochat_src, self.options.wheelhouse)
+            install.ensure(conn, log)
+            node = request.node.with_(storage=facts.paths.get("storage") or spec.storage, nanochat_dir=install.nanochat_dir,
+                                      scratch=facts.paths["scratch"], plan_file=f"{facts.home}/.nanochat-runner/runs/{spec.run_id}/plan.json")
+            return replace(prepared, request=replace(request, mode=mode, facts=facts, install=install, node=node))
+        image = ssh_docker.ensure_image(conn, spec, log)
+        log(f"preflight: {ssh_docker.probe_gpus(conn, spec, image)}")
+        container = ssh_docker.container_launch(spec, image, facts, request.node)
+        return replace(prepared, request=replace(request, mode=mode, facts=facts, container=container))
 
     # -- the run -------------------------------------------------------------------------------------------------
 
-    def submit(self, spec: RunSpec) -> str:
-        if self._prepared is None:
-            self.preflight(spec, self._log)
-        prepared, target = self._prepared, self.target()
+    def launch(self, prepared: Prepared) -> str:
+        spec, request = prepared.spec, prepared.request
+        if request.facts is None:
+            raise BackendError("This launch has not been through preflight.", ["Run `runner up` without --dry-run."])
         env = self._env(spec)
-        files = {"meta.json": ssh_remote.meta_json(run_id=spec.run_id, storage=prepared.facts.paths.get("storage", spec.storage), mode=prepared.mode,
+        files = {"meta.json": ssh_remote.meta_json(run_id=spec.run_id, storage=request.facts.paths.get("storage", spec.storage), mode=request.mode,
                                                     started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                                                    container=f"nanochat-{spec.run_id}" if prepared.mode == "docker" else "")}
-        if prepared.mode == "bare":
+                                                    container=request.container.name if request.container else "")}
+        if request.container is None:
             files["plan.json"] = json.dumps(spec.plan.to_dict(), indent=1)
-            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", self._bare_argv(spec, prepared))
+            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", [request.install.runner_bin, *request.node.argv()])
         else:
             env["RUNNER_PLAN_JSON"] = json.dumps(spec.plan.to_dict())
-            argv = ssh_docker.run_argv(spec, prepared.image, prepared.facts, self._node_args(spec, ssh_docker.CONTAINER_STORAGE))
-            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", argv, sorted(env))
-        code, out = self.conn(target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
+            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", ssh_docker.run_argv(request.container), sorted(env))
+        code, out = self.conn(request.target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
         if code or "pid=" not in out:
-            raise BackendError(f"Starting the run on {target} failed (exit {code}): {out.strip()[-500:]}",
+            raise BackendError(f"Starting the run on {request.target} failed (exit {code}): {out.strip()[-500:]}",
                                ["Check the free disk in the home folder on the host, then run this again."])
-        return target.url(spec.run_id)
+        return request.target.url(spec.run_id)
 
     def _describe(self, target: Target, conn: Connection, run_id: str) -> RunInfo | None:
         _, out = conn.script(ssh_remote.describe_script(run_id), timeout=60)

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from . import local_image, preflight
 from .base import Log, PreflightError, RunSpec
+from .launch import ContainerLaunch, GpuRequest, Mount, NodeCommand, docker_run_argv
 from .ssh_conn import Connection, q
 from .ssh_remote import CONTAINER_ENV_READER
 
 CONTAINER_STORAGE, CONTAINER_SCRATCH = "/storage", "/scratch"
-
-
-def gpus_flag(spec: RunSpec) -> str:
-    ids = (spec.gpu_ids or "").strip()
-    return "all" if ids == "all" else (f'"device={ids}"' if ids else str(spec.plan.gpus))
 
 
 def ensure_image(conn: Connection, spec: RunSpec, log: Log) -> str:
@@ -53,27 +49,33 @@ def ensure_image(conn: Connection, spec: RunSpec, log: Log) -> str:
 
 def probe_gpus(conn: Connection, spec: RunSpec, image: str) -> str:
     """A throwaway container with the run's GPU request on the host: the real test that its engine can do it."""
-    script = f"docker run --rm --network none --gpus={q(gpus_flag(spec))} --entrypoint /bin/sh {q(image)} -c {q(preflight.PROBE_SCRIPT)}"
+    script = f"docker run --rm --network none --gpus={q(GpuRequest.parse(spec.gpu_ids, spec.plan.gpus).docker_flag())} --entrypoint /bin/sh {q(image)} -c {q(preflight.PROBE_SCRIPT)}"
     code, out = conn.script(script, timeout=300)
     # 125: docker itself could not run the container (no NVIDIA driver in the engine, an unknown device...).
     wanted = None if (spec.gpu_ids or "").strip() == "all" else spec.plan.gpus
     return preflight.probe_verdict("" if code == 125 else out, code, out if code == 125 else "", wanted)
 
 
-def run_argv(spec: RunSpec, image: str, facts, node_args: list[str]) -> list[str]:
-    """`docker run -i ...` for the run's wrapper; `node_args` name CONTAINER_STORAGE for a host folder."""
-    argv = ["docker", "run", "-i", "--rm", "--name", f"nanochat-{spec.run_id}", "--init", "--ipc=host",
-            f"--gpus={gpus_flag(spec)}", f"--label=org.nanochat-runner.run-id={spec.run_id}"]
+def container_launch(spec: RunSpec, image: str, facts, node: NodeCommand) -> ContainerLaunch:
+    """The run's container on the host: a host folder for storage (and scratch) is mounted and written as the SSH
+    user; s3:// passes through."""
+    mounts, storage = [], spec.storage
     if "storage" in facts.paths:
-        argv.append(f"--volume={facts.paths['storage']}:{CONTAINER_STORAGE}")
-    else:  # s3:// passes through
-        node_args = [spec.storage if a == CONTAINER_STORAGE else a for a in node_args]
+        mounts.append(Mount(facts.paths["storage"], CONTAINER_STORAGE))
+        storage = CONTAINER_STORAGE
     if spec.scratch:
-        argv.append(f"--volume={facts.paths['scratch']}:{CONTAINER_SCRATCH}")
-    if "storage" in facts.paths or spec.scratch:
-        argv.append(f"--user={facts.uid}:{facts.gid}")  # files in host folders belong to the SSH user
-    # Host networking: the run is the GPU host's one tenant, so the bridge's NAT buys no isolation and costs CPU at
-    # the GB/s of shard and checkpoint traffic; an S3 endpoint on the host's loopback is reachable; and rented
-    # hosts whose Docker runs without iptables (or with docker0 missing) still work.
-    argv.append("--network=host")
-    return [*argv, "--entrypoint", "/bin/bash", image, "-c", CONTAINER_ENV_READER, "nanochat-node", *node_args]
+        mounts.append(Mount(facts.paths["scratch"], CONTAINER_SCRATCH))
+    return ContainerLaunch(
+        image=image, args=tuple(node.with_(storage=storage).argv()), name=f"nanochat-{spec.run_id}",
+        gpus=GpuRequest.parse(spec.gpu_ids, spec.plan.gpus), mounts=tuple(mounts),
+        user=f"{facts.uid}:{facts.gid}" if mounts else None,  # files in host folders belong to the SSH user
+        # Host networking: the run is the GPU host's one tenant, so the bridge's NAT buys no isolation and costs CPU
+        # at the GB/s of shard and checkpoint traffic; an S3 endpoint on the host's loopback is reachable; and rented
+        # hosts whose Docker runs without iptables (or with docker0 missing) still work.
+        network="host", labels={"org.nanochat-runner.run-id": spec.run_id},
+    )
+
+
+def run_argv(launch: ContainerLaunch) -> list[str]:
+    """`docker run -i --rm ...` for the run's wrapper, which pipes the node's environment in through stdin."""
+    return docker_run_argv(launch, run_flags=("-i", "--rm"), wrapper=("/bin/bash", "-c", CONTAINER_ENV_READER, "nanochat-node"))

@@ -20,13 +20,15 @@ from .storage import open_storage
 from .checkpoints import stored_checkpoints
 from .transfer import SyncState, pull
 
-SOURCES = [("rl", "chatrl_checkpoints"), ("sft", "chatsft_checkpoints"), ("mid", "mid_checkpoints")]
+def sources(plan) -> list[tuple[str, str]]:
+    """[(source name, checkpoint folder)] of the plan's chat models, most trained first (the recipe's `chat_source`)."""
+    return [(phase.chat_source, phase.makes[0]) for phase in reversed(plan.phases) if phase.chat_source and phase.makes]
 
 
 def pick_source(storage, plan, wanted: str | None) -> tuple[str, str]:
     """(source name, checkpoint folder): the one asked for, else the most-trained with a complete checkpoint."""
     tag = f"d{plan.depth}"
-    available = [(name, f"{folder}/{tag}") for name, folder in SOURCES if stored_checkpoints(storage, f"{folder}/{tag}").complete]
+    available = [(name, rel) for name, rel in sources(plan) if stored_checkpoints(storage, rel).complete]
     if wanted:
         for name, rel in available:
             if name == wanted:

@@ -20,13 +20,16 @@ else:  # pragma: no cover
 
 PRICES_FILE = Path(__file__).with_name("prices.toml")
 D20_PARAMS = 477_102_080  # d20's matmul parameters: the size the fixed-cost assumptions below were stated for
-# Work that is not base pretraining, stated for d20 on 8 GPUs and scaled by parameters / D20_PARAMS.
-MID_TRAINING_TOKENS = 0.4e9  # SmolTalk + MMLU aux + GSM8K + identity, roughly one epoch
-SFT_GPU_HOURS_AT_D20 = 8 * 0.15
-RL_GPU_HOURS_AT_D20 = 8 * 0.5
-EVAL_GPU_HOURS_AT_D20 = {"base": 8 * 0.12, "mid": 8 * 0.08, "sft": 8 * 0.08, "rl": 8 * 0.05}
+# Work that is not base pretraining is stated in each recipe phase's `cost` table for d20 on 8 GPUs (GPU-hours,
+# or tokens) and scaled here by parameters / D20_PARAMS.
 TOKENIZER_CHARS_PER_SECOND = 25e6
-SMOKE_MINUTES = {"data": 1.0, "tokenizer": 1.5, "base": 4.0, "mid": 3.0, "sft": 3.0, "rl": 3.0, "report": 0.2}
+
+# A full checkpoint (model + optimizer state) is about 12 bytes per parameter (fp32 weights, Muon momentum, AdamW
+# moments for the embeddings); base and mid-training keep one, SFT and RL save the model only (4 bytes/param).
+FULL_CHECKPOINT_BYTES_PER_PARAM = 12
+MODEL_ONLY_BYTES_PER_PARAM = 4
+PRESEEDED_BYTES = 3e9  # eval bundle, identity/word lists, HuggingFace task data, tiktoken encodings
+MARGIN = 1.1
 
 
 @lru_cache(maxsize=1)
@@ -63,34 +66,32 @@ def _gpu_hours_to_hours(gpu_hours_at_d20: float, params: int, gpus: int) -> floa
     return gpu_hours_at_d20 * (params / D20_PARAMS) / gpus
 
 
-def estimate_phases(plan) -> list[PhaseEstimate]:
+def _phase_hours(phase, plan, flops_per_second: float) -> float:
+    """Hours of one phase by the cost model its recipe names (`cost` in the phase's table)."""
     a = prices()["assumptions"]
+    cost, params = phase.cost, plan.shape["params_matmul"]
+    if plan.smoke:
+        return cost.get("smoke_minutes", 1.0) / 60
+    evals = _gpu_hours_to_hours(cost.get("eval_gpu_hours_at_d20", 0.0), params, plan.gpus)
+    model = cost.get("model", "fixed")
+    if model == "download":
+        return plan.data["shards"] * a["shard_mb"] / a["download_mb_per_s"] / 3600
+    if model == "tokenizer":
+        return 2e9 / TOKENIZER_CHARS_PER_SECOND / 3600
+    if model == "base_training":
+        return base_training_hours(plan.shape, plan.gpus, plan.gpu_type) + evals
+    if model == "training_tokens":
+        return 6 * params * cost["tokens"] / flops_per_second / 3600 + evals
+    if model == "gpu_hours":
+        return _gpu_hours_to_hours(cost["gpu_hours_at_d20"], params, plan.gpus) + evals
+    return cost.get("minutes", 1.0) / 60
+
+
+def estimate_phases(plan) -> list[PhaseEstimate]:
     gpu = gpu_facts(plan.gpu_type)
-    params = plan.shape["params_matmul"]
-    flops_per_second = plan.gpus * gpu["peak_bf16_tflops"] * 1e12 * a["mfu"]
-    out = []
-    for phase in plan.phases:
-        if plan.smoke:
-            hours = SMOKE_MINUTES.get(phase.name, 1.0) / 60
-        elif phase.name == "data":
-            hours = plan.data["shards"] * a["shard_mb"] / a["download_mb_per_s"] / 3600
-        elif phase.name == "tokenizer":
-            hours = 2e9 / TOKENIZER_CHARS_PER_SECOND / 3600
-        elif phase.name == "base":
-            train = base_training_hours(plan.shape, plan.gpus, plan.gpu_type)
-            hours = train + _gpu_hours_to_hours(EVAL_GPU_HOURS_AT_D20["base"], params, plan.gpus)
-        elif phase.name == "mid":
-            train = 6 * params * MID_TRAINING_TOKENS / flops_per_second / 3600
-            hours = train + _gpu_hours_to_hours(EVAL_GPU_HOURS_AT_D20["mid"], params, plan.gpus)
-        elif phase.name == "sft":
-            hours = _gpu_hours_to_hours(SFT_GPU_HOURS_AT_D20 + EVAL_GPU_HOURS_AT_D20["sft"], params, plan.gpus)
-        elif phase.name == "rl":
-            hours = _gpu_hours_to_hours(RL_GPU_HOURS_AT_D20 + EVAL_GPU_HOURS_AT_D20["rl"], params, plan.gpus)
-        else:
-            hours = 1 / 60
-        # The whole node is billed while any phase runs, including the CPU-bound data and tokenizer phases.
-        out.append(PhaseEstimate(phase.name, hours, plan.gpus))
-    return out
+    flops_per_second = plan.gpus * gpu["peak_bf16_tflops"] * 1e12 * prices()["assumptions"]["mfu"]
+    # The whole node is billed while any phase runs, including the CPU-bound data and tokenizer phases.
+    return [PhaseEstimate(phase.name, _phase_hours(phase, plan, flops_per_second), plan.gpus) for phase in plan.phases]
 
 
 def assumptions(plan) -> list[str]:
@@ -100,7 +101,7 @@ def assumptions(plan) -> list[str]:
         f"base training FLOPs = 6 × {plan.shape['params_matmul']:,} matmul params × {plan.shape['training_tokens']:,} tokens "
         f"(data:param ratio {plan.shape['data_ratio']}) at MFU {a['mfu']:.0%} of {gpu['peak_bf16_tflops']} TFLOPS "
         f"bf16 per {plan.gpu_type}",
-        f"mid-training ≈ {MID_TRAINING_TOKENS / 1e9:.1f}B tokens; SFT, RL and evaluations scaled from d20 by parameter count",
+        "other phases from their recipe's cost table (tokens, or GPU-hours at d20 scaled by parameter count)",
         f"shards: {plan.data['shards']} × {a['shard_mb']} MB at {a['download_mb_per_s']} MB/s; "
         f"tokenizer at {TOKENIZER_CHARS_PER_SECOND / 1e6:.0f}M chars/s",
         f"device batch {plan.shape['device_batch_size']} (est. {plan.shape['est_memory_gib']} GiB of "
@@ -110,3 +111,13 @@ def assumptions(plan) -> list[str]:
     if plan.smoke:
         lines.insert(0, "smoke: fixed minutes per phase, dominated by torch.compile warm-up, not by FLOPs")
     return lines
+
+
+def disk_need(plan) -> dict[str, float]:
+    """Bytes the plan writes, by kind: shards, checkpoints, pre-seeded files (with a 10% margin in `total`)."""
+    shard_bytes = plan.data["shards"] * prices()["assumptions"]["shard_mb"] * 1e6
+    params = plan.shape["params_total"]
+    checkpoints = params * (2 * FULL_CHECKPOINT_BYTES_PER_PARAM + MODEL_ONLY_BYTES_PER_PARAM * (2 if plan.with_rl else 1))
+    need = {"shards": shard_bytes, "checkpoints": float(checkpoints), "pre-seeded files": PRESEEDED_BYTES}
+    need["total"] = sum(need.values()) * MARGIN
+    return need

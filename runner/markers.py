@@ -1,8 +1,9 @@
 """Phase markers: which phases are done in a storage, and with which inputs.
 
-A marker is `_runner/markers/<phase>/<key>.json`. The key hashes the recipe, the nanochat commit, the phase's
-exact commands and the keys of the phases it depends on, so changing anything upstream makes everything
-downstream run again while an unchanged rerun skips. A marker also records which steps succeeded: a phase whose
+A marker is `_runner/markers/<phase>/<key>.json`. The key is the phase's identity: the recipe, the nanochat commit,
+the phase's commands with the recipe's runtime placeholders left unfilled (Step.identity) and the keys of the phases
+it depends on. Changing what a phase makes, or anything upstream of it, makes it run again; how it runs (the W&B run
+name, the checkpoint interval, the device batch, the GPU count) never does. A marker also records which steps succeeded: a phase whose
 training succeeded but whose evaluation failed reruns only that evaluation. Writing a marker removes the markers
 of the same phase whose outputs overlap (a retrained tokenizer replaces the old one in storage), while a d12 and
 a d20 run can share a bucket without evicting each other.
@@ -46,7 +47,7 @@ def phase_keys(plan) -> dict[str, str]:
             "recipe": plan.recipe,
             "commit": plan.commit,
             "phase": phase.name,
-            "steps": [[s.module, *s.args, f"nproc={s.nproc}"] for s in phase.steps],
+            "steps": [[s.module, *s.identity] for s in phase.steps],
             "makes": phase.makes,
             "deps": {d: keys[d] for d in deps[phase.name]},
         }

@@ -1,33 +1,31 @@
 """The node agent (`runner node run`): the only code that touches nanochat, identical on every backend.
 
 For each phase of the plan it stages what the phase needs from storage into local scratch (used as
-NANOCHAT_BASE_DIR), runs the phase's steps from the nanochat checkout, pushes what the phase made back to
-storage, and writes a marker so a rerun skips it. Before any phase it pre-seeds the files nanochat would
-otherwise download lazily. Evaluation steps may fail without stopping the run; the exit code says so.
+NANOCHAT_BASE_DIR), runs the phase's steps from the nanochat checkout (steps.py), publishes its checkpoints
+(publish.py) and pushes what else it made back to storage, and writes a marker so a rerun skips it. Before any
+phase it pre-seeds the files nanochat would otherwise download lazily. Evaluation steps may fail without stopping
+the run; the exit code says so. What one run reads and what it learns are the objects in context.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import markers, preseed, shards
-from .checkpoints import is_checkpoint_dir, seal
-from .compile_cache import CompileCache
-from .errors import PhaseFailed, PlanError
+from .checkpoints import is_checkpoint_dir
+from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
+from .errors import PhaseFailed, PlanError, PreseedError
 from .nanochat_env import locate
 from .process import LogSink
+from .publish import CheckpointPublisher
 from .recipes import load_recipe
 from .resume import stage_newest_complete
-from .status import StatusFile, run_dir
-from .steps import StepRunner, say
+from .steps import StepRunner
 from .storage import open_storage
-from .transfer import SyncState, pull, push
+from .transfer import pull, push
 
 EXIT_OK = 0
 EXIT_EVAL_FAILED = 3
@@ -44,29 +42,27 @@ class NodeOptions:
     scratch: str | None = None
     run_id: str = ""
     offline: bool = False
-    force: bool = False
+    force: bool = False  # every selected phase again, training from scratch
+    fresh: bool = False  # with --from/--only: resumable phases start over instead of resuming
     from_phase: str | None = None
     only_phase: str | None = None
     heartbeat_sec: float = 60.0
     log_upload_sec: float = 15.0
 
 
-def default_scratch() -> Path:
-    """Fast local disk: /scratch when the image or host provides it, else the system temp dir."""
-    if os.access("/scratch", os.W_OK):
-        return Path("/scratch")
-    return Path(tempfile.gettempdir()) / "nanochat-runner-scratch"
-
-
 def run_node(plan, options: NodeOptions) -> int:
-    """Entry point of `runner node run`; returns the process exit code."""
+    """Entry point of `runner node run`; returns the process exit code. Everything that can be refused is refused
+    before the first write to storage or scratch."""
+    check_run_id(options.run_id)
     _check_phase_names(plan, options)
+    plan.check()  # every command against the pin's flag table, wherever the plan came from
     storage = open_storage(options.storage, options.storage_options)
     nanochat = locate(options.nanochat_dir, options.python, plan.commit, plan.recipe)
-    agent = NodeAgent(plan, options, storage, nanochat)
+    ctx = RunContext.build(plan, options, storage, nanochat)
+    check_scratch_space(ctx.scratch, plan)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return agent.run()
+        return NodeAgent(ctx).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -78,6 +74,8 @@ def _raise_interrupt(signum, frame):
 def _check_phase_names(plan, options: NodeOptions) -> None:
     if options.from_phase and options.only_phase:
         raise PlanError("--from and --only cannot be combined.", ["Use --from PHASE to run from a phase on, or --only PHASE for one phase."])
+    if options.fresh and not (options.from_phase or options.only_phase):
+        raise PlanError("--fresh applies to the phases --from or --only select.", ["Add --from PHASE or --only PHASE (or use --force to redo every phase from scratch)."])
     recipe_phases = [p["name"] for p in load_recipe(plan.recipe)["phase"]]
     for name in (options.from_phase, options.only_phase):
         if name and name not in plan.phase_names():
@@ -86,50 +84,37 @@ def _check_phase_names(plan, options: NodeOptions) -> None:
             raise PlanError(f"Unknown phase {name!r}.", [f"Use one of: {', '.join(plan.phase_names())}."])
 
 
-class NodeAgent(StepRunner):
-    def __init__(self, plan, options: NodeOptions, storage, nanochat):
-        self.plan, self.options, self.storage, self.nanochat = plan, options, storage, nanochat
-        self.scratch = Path(options.scratch).expanduser() if options.scratch else default_scratch()
-        self.base_dir = self.scratch / "base"
-        self.cache_dir = self.scratch / "cache"
-        self.log_dir = self.scratch / "logs" / options.run_id
-        for folder in (self.base_dir, self.cache_dir, self.log_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.state = SyncState(self.scratch)
-        self.run_dir = run_dir(options.run_id)
-        self.status = StatusFile(storage, plan, options.run_id, log=say)
-        self.keys = markers.phase_keys(plan)
-        self.items = preseed.items(plan)
-        self.missing_items: dict[str, str] = {}  # pre-seed items absent in an --offline run
-        self.unavailable: dict[str, str] = {}  # storage path -> why no phase made it in this run
-        self.eval_failures: list[str] = []
-        self.skipped: list[str] = []
-        self.forced: set[str] = set()  # phases run again on request: resumable steps start fresh
-        self.compile_cache: CompileCache | None = None
+class NodeAgent:
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.ledger = RunLedger()
+        self.steps = StepRunner(ctx, self.ledger)
+        self.keys = markers.phase_keys(ctx.plan)
 
     # -- selection ---------------------------------------------------------------------------------------------
 
     def select(self) -> list[tuple]:
-        """[(phase, steps to run, previous marker or None)] for the phases this invocation runs."""
-        names = self.plan.phase_names()
-        if self.options.only_phase:
-            chosen, forced = {self.options.only_phase}, True
-        elif self.options.from_phase:
-            chosen, forced = set(names[names.index(self.options.from_phase):]), True
+        """[(phase, steps to run, previous marker or None)] for the phases this invocation runs. --force reruns
+        every phase from scratch; --from/--only rerun the chosen ones, resuming a resumable one unless --fresh."""
+        ctx, options, names = self.ctx, self.ctx.options, self.ctx.plan.phase_names()
+        if options.only_phase:
+            chosen, forced = {options.only_phase}, True
+        elif options.from_phase:
+            chosen, forced = set(names[names.index(options.from_phase):]), True
         else:
-            chosen, forced = set(names), self.options.force
-        if forced:
-            self.forced = set(chosen)
+            chosen, forced = set(names), options.force
+        if options.force or options.fresh:
+            self.ledger.fresh = set(chosen)
         selected = []
-        for phase in self.plan.phases:
+        for phase in ctx.plan.phases:
             if phase.name not in chosen:
                 continue
-            marker = None if forced else markers.read_marker(self.storage, phase.name, self.keys[phase.name])
+            marker = None if forced else markers.read_marker(ctx.storage, phase.name, self.keys[phase.name])
             if marker is None:
                 selected.append((phase, list(phase.steps), None))
                 continue
             redo = {*marker.get("steps_failed", [])}
-            if not self.options.offline:
+            if not options.offline:
                 redo |= set(marker.get("steps_skipped", []))
             steps = [s for s in phase.steps if s.name in redo]
             if steps:
@@ -137,142 +122,174 @@ class NodeAgent(StepRunner):
                 selected.append((phase, steps, marker))
             else:
                 say(f"phase {phase.name}: done (marker {marker['key']} from run {marker['run_id']}), skipping")
-                self.status.phase(phase.name, state="done", marker=marker["key"], note=f"skipped: done by run {marker['run_id']}")
+                ctx.status.phase(phase.name, state="done", marker=marker["key"], note=f"skipped: done by run {marker['run_id']}")
         return selected
 
     # -- pre-seeding -------------------------------------------------------------------------------------------
 
     def preseed(self, selected) -> None:
+        ctx = self.ctx
         needed = sorted({name for _, steps, _ in selected for step in steps for name in step.uses})
         failed: dict[str, str] = {}
         for name in needed:
-            item = self.items[name]
-            if self.storage.find(item.path):
+            item = ctx.items[name]
+            if ctx.storage.find(item.path):
                 continue
-            if self.options.offline:
-                self.missing_items[name] = f"not in storage at {self.storage.url_of(item.path)}"
+            if ctx.options.offline:
+                self.ledger.missing_items[name] = f"not in storage at {ctx.storage.url_of(item.path)}"
                 continue
-            self.status.set(state="preseeding", step=f"preseed:{name}")
+            ctx.status.set(state="preseeding", step=f"preseed:{name}")
             try:
-                local = preseed.fetch(item, self.scratch, self.nanochat, self.base_dir, self.cache_dir, log=say)
-                push(self.storage, local, item.path, self.state, log=say)
+                local = preseed.fetch(item, ctx.scratch, ctx.nanochat, ctx.base_dir, ctx.cache_dir, log=say)
+                push(ctx.storage, local, item.path, ctx.state, log=say)
             except Exception as e:  # noqa: BLE001 - reported together below, before any training
                 failed[name] = f"{type(e).__name__}: {e}"
         if failed:
-            self.status.set(state="failed", error="pre-seed failed: " + ", ".join(failed))
-            raise preseed.missing_error(failed, self.items, self.storage.url)
-        for name, reason in self.missing_items.items():
+            ctx.status.set(state="failed", error="pre-seed failed: " + ", ".join(failed))
+            raise preseed.missing_error(failed, ctx.items, ctx.storage.url)
+        # A step whose recipe says offline = "fail" cannot run without its files: stop now, not hours in.
+        blocked = sorted({f"{s.name} needs {n}" for _, steps, _ in selected for s in steps if s.offline == "fail" for n in self.ledger.missing_for(s)})
+        if blocked:
+            raise PreseedError(f"--offline, and steps cannot run without pre-seeded files: {'; '.join(blocked)}.",
+                               [f"Put them into storage ({', '.join(sorted(self.ledger.missing_items))}): run once without --offline, or `runner sync` them in."])
+        for name, reason in self.ledger.missing_items.items():
             say(f"--offline: {name} is {reason}; steps that need it will be skipped or run without it")
 
     # -- phases ------------------------------------------------------------------------------------------------
 
-    def _pull(self, rel: str, local: Path) -> None:
+    def _pull(self, rel: str, local) -> None:
+        ctx = self.ctx
         if is_checkpoint_dir(rel):
             # Only the newest complete checkpoint: what nanochat loads, never a torn one.
-            stage_newest_complete(self.storage, rel, local, self.state, log=say)
+            stage_newest_complete(ctx.storage, rel, local, ctx.state, log=say)
             return
         # Only the plan's shards: a bucket may hold more from a bigger run, and nanochat takes the last shard
         # in sort order as its validation split, so extra shards would also change the validation data.
-        only = set(shards.expected_names(self.plan.data)) if rel == self.plan.data["dir"] else None
-        pull(self.storage, rel, local, self.state, log=say, only=only)
+        only = set(shards.expected_names(ctx.plan.data)) if rel == ctx.plan.data["dir"] else None
+        pull(ctx.storage, rel, local, ctx.state, log=say, only=only)
+
+    def _check_shards(self, phase) -> None:
+        """A phase that trains on the shards gets every one of them, or stops and names what is missing (with real
+        nanochat the last shard present would silently become the validation split)."""
+        problems = shards.problems(self.ctx.base_dir / self.ctx.plan.data["dir"], self.ctx.plan.data)
+        if problems and self.ctx.options.offline:
+            say(f"--offline: phase {phase.name} runs on the shards storage has; {'; '.join(problems)}")
+        elif problems:
+            data_phase = next((p.name for p in self.ctx.plan.phases if self.ctx.plan.data["dir"] in p.makes), "data")
+            raise PhaseFailed(f"Phase {phase.name} needs the plan's {self.ctx.plan.data['shards']} shards, but in storage {'; '.join(problems)}.",
+                              [f"Fetch them again: `runner node run ... --only {data_phase}` (or put them into {self.ctx.storage.url_of(self.ctx.plan.data['dir'])})."])
 
     def stage_in(self, phase, steps, marker) -> bool:
         """Pull the phase's inputs; False when an input was not made because an earlier phase was skipped."""
+        ctx = self.ctx
         for need in phase.needs:
-            if self.storage.find(need):
-                self._pull(need, self.base_dir / need)
-            elif need in self.unavailable:
-                self._skip_phase(phase, f"needs {need}, {self.unavailable[need]}")
+            if ctx.storage.find(need):
+                self._pull(need, ctx.base_dir / need)
+                if need == ctx.plan.data["dir"]:
+                    self._check_shards(phase)
+            elif need in self.ledger.unavailable:
+                self._skip_phase(phase, f"needs {need}, {self.ledger.unavailable[need]}")
                 return False
             else:
-                maker = next((p.name for p in self.plan.phases if need in p.makes), None)
+                maker = next((p.name for p in ctx.plan.phases if need in p.makes), None)
                 fix = f"Run phase {maker} first: `runner node run ... --from {maker}`." if maker else f"Put {need} into storage."
-                raise PhaseFailed(f"Phase {phase.name} needs {self.storage.url_of(need)}, which is not in storage.", [fix])
+                raise PhaseFailed(f"Phase {phase.name} needs {ctx.storage.url_of(need)}, which is not in storage.", [fix])
         for rel in [*phase.prestage, *(phase.makes if marker else []), REPORT_DIR]:
-            self._pull(rel, self.base_dir / rel)
-        for name in sorted({n for s in steps for n in s.uses} - set(self.missing_items)):
-            item = self.items[name]
-            self._pull(item.path, item.local(self.base_dir, self.cache_dir))
+            self._pull(rel, ctx.base_dir / rel)
+        for name in sorted({n for s in steps for n in s.uses} - set(self.ledger.missing_items)):
+            item = ctx.items[name]
+            self._pull(item.path, item.local(ctx.base_dir, ctx.cache_dir))
         return True
 
-    def stage_out(self, phase) -> None:
+    def stage_out(self, phase, publishers) -> None:
+        for publisher in publishers:
+            publisher.finish()
+        published = {p.rel for p in publishers}
         for rel in [*phase.makes, REPORT_DIR]:
-            push(self.storage, self.base_dir / rel, rel, self.state, log=say)
-            if is_checkpoint_dir(rel):
-                seal(self.storage, self.base_dir / rel, rel, log=say)
+            if rel not in published:
+                push(self.ctx.storage, self.ctx.base_dir / rel, rel, self.ctx.state, log=say)
 
     def _skip_phase(self, phase, reason: str) -> None:
         say(f"phase {phase.name}: skipped ({reason})")
-        self.skipped.append(f"{phase.name}: {reason}")
-        self.status.phase(phase.name, state="skipped", note=reason)
+        self.ledger.skipped.append(f"{phase.name}: {reason}")
+        self.ctx.status.phase(phase.name, state="skipped", note=reason)
         for made in phase.makes:
-            self.unavailable[made] = f"which phase {phase.name} did not make ({reason})"
+            self.ledger.unavailable[made] = f"which phase {phase.name} did not make ({reason})"
 
     def run_phase(self, phase, steps, marker) -> None:
-        self.status.set(state="running", phase=phase.name, step=None)
-        self.status.phase(phase.name, state="staging", started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        ctx = self.ctx
+        ctx.status.set(state="running", phase=phase.name, step=None)
+        ctx.status.phase(phase.name, state="staging", started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         started = time.monotonic()
         if not self.stage_in(phase, steps, marker):
             return
-        ok = list(marker.get("steps_ok", [])) if marker else []
-        failed, skipped = [], []
-        sink = LogSink(self.log_dir / f"{phase.name}.log", self.storage, f"{self.run_dir}/logs/{phase.name}.log", self.options.log_upload_sec, log=say)
+        results: dict[StepResult, list[str]] = {StepResult.OK: list(marker.get("steps_ok", [])) if marker else [], StepResult.FAILED: [], StepResult.SKIPPED: []}
+        publishers = CheckpointPublisher.for_phase(ctx, phase, say)
+        sink = LogSink(ctx.log_dir / f"{phase.name}.log", ctx.storage, ctx.phase_log(phase.name), ctx.options.log_upload_sec, log=say)
         try:
             for step in steps:
-                outcome = self.run_step(phase, step, sink)
-                {"ok": ok, "failed": failed, "skipped": skipped}[outcome].append(step.name)
-                if outcome == "skipped" and step.critical:
-                    sink.close()
-                    self._skip_phase(phase, f"step {step.name} was skipped: {', '.join(self.missing_for(step))} missing")
+                result = self.steps.run(phase, step, sink, publishers)
+                results[result].append(step.name)
+                if result == StepResult.SKIPPED and step.critical:
+                    self._skip_phase(phase, f"step {step.name} was skipped: {', '.join(self.ledger.missing_for(step))} missing")
                     return
-                if outcome == "failed" and step.critical:
+                if result == StepResult.FAILED and step.critical:
                     sink.close()
                     self._fail(phase, step)
         finally:
             if not sink.stop.is_set():
                 sink.close()
-        self.stage_out(phase)
-        markers.write_marker(self.storage, phase, self.keys[phase.name], self.options.run_id, ok, failed, skipped)
-        self.status.phase(phase.name, state="done" if not failed else "done_with_eval_failures", seconds=round(time.monotonic() - started, 1))
+        self.stage_out(phase, publishers)
+        ok, failed, skipped = results[StepResult.OK], results[StepResult.FAILED], results[StepResult.SKIPPED]
+        markers.write_marker(ctx.storage, phase, self.keys[phase.name], ctx.run_id, ok, failed, skipped)
+        ctx.status.phase(phase.name, state="done" if not failed else "done_with_eval_failures", seconds=round(time.monotonic() - started, 1))
         say(f"phase {phase.name}: done in {(time.monotonic() - started) / 60:.1f} min")
 
     def _fail(self, phase, step) -> None:
-        for rel in [REPORT_DIR]:
-            push(self.storage, self.base_dir / rel, rel, self.state, log=say)
-        remote_log = self.storage.url_of(f"{self.run_dir}/logs/{phase.name}.log")
-        local_log = self.log_dir / f"{phase.name}.log"
-        self.status.phase(phase.name, state="failed", failed_step=step.name)
-        self.status.set(state="failed", error=f"{phase.name}/{step.name} failed")
+        ctx = self.ctx
+        push(ctx.storage, ctx.base_dir / REPORT_DIR, REPORT_DIR, ctx.state, log=say)
+        remote_log = ctx.storage.url_of(ctx.phase_log(phase.name))
+        local_log = ctx.log_dir / f"{phase.name}.log"
+        ctx.status.phase(phase.name, state="failed", failed_step=step.name)
+        ctx.status.set(state="failed", error=f"{phase.name}/{step.name} failed")
         raise PhaseFailed(
             f"Phase {phase.name} failed: step {step.name} exited non-zero. Log: {remote_log} (on this node: {local_log}).",
-            ["Read the end of the log for nanochat's error.", f"Fix it, then run the same command again: finished phases are skipped and {phase.name} starts over."],
+            ["Read the end of the log for nanochat's error.", f"Fix it, then run the same command again: finished phases are skipped and {phase.name} continues."],
         )
 
     # -- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.storage.write_text(f"{self.run_dir}/plan.json", json.dumps(self.plan.to_dict(), indent=2))
-        say(f"run {self.options.run_id}: {self.plan.model} ({self.plan.recipe}, nanochat {self.plan.commit[:7]}) on {self.plan.gpus} GPU(s); storage {self.storage.url}; scratch {self.scratch}")
+        ctx = self.ctx
+        ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
+        say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.gpus} GPU(s); storage {ctx.storage.url}; scratch {ctx.scratch}")
         try:
             selected = self.select()
             self.preseed(selected)
             for phase, steps, marker in selected:
                 self.run_phase(phase, steps, marker)
         except KeyboardInterrupt:
-            self.status.set(state="interrupted")
+            ctx.status.set(state="interrupted")
             say("interrupted: the current step was stopped; run the same command again to continue")
             return EXIT_INTERRUPTED
-        self.status.set(state="succeeded" if not self.eval_failures else "succeeded_with_eval_failures", phase=None, step=None, skipped=self.skipped)
+        except OSError as e:
+            full = disk_full_error(f"running phase {ctx.status.get('phase') or 'setup'}", e)
+            if full is None:
+                raise
+            ctx.status.set(state="failed", error=str(e))
+            raise full from None
+        ctx.status.set(state="succeeded" if not self.ledger.eval_failures else "succeeded_with_eval_failures", phase=None, step=None, skipped=self.ledger.skipped)
         self.summary()
-        return EXIT_EVAL_FAILED if self.eval_failures else EXIT_OK
+        return EXIT_EVAL_FAILED if self.ledger.eval_failures else EXIT_OK
 
     def summary(self) -> None:
-        say(f"run {self.options.run_id} finished; status: {self.storage.url_of(self.run_dir + '/status.json')}")
-        for name, info in self.status.data["phases"].items():
+        ctx = self.ctx
+        say(f"run {ctx.run_id} finished; status: {ctx.storage.url_of(ctx.run_dir + '/status.json')}")
+        for name, info in ctx.status.get("phases").items():
             say(f"  {name:<10} {info['state']:<24} {info.get('note', '')}")
-        for failure in self.eval_failures:
+        for failure in self.ledger.eval_failures:
             say(f"  evaluation failed: {failure}")
-        for skip in self.skipped:
+        for skip in self.ledger.skipped:
             say(f"  skipped: {skip}")
-        if self.eval_failures:
-            say(f"exit code {EXIT_EVAL_FAILED}: training finished, {len(self.eval_failures)} evaluation step(s) failed; rerun to retry only those")
+        if self.ledger.eval_failures:
+            say(f"exit code {EXIT_EVAL_FAILED}: training finished, {len(self.ledger.eval_failures)} evaluation step(s) failed; rerun to retry only those")

@@ -17,7 +17,7 @@ from . import model as model_math
 from .errors import PlanError
 from .recipes import DEFAULT_RECIPE, check_args, load_recipe
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: steps carry their identity arguments; phases carry hardware, cost and chat source
 SUPPORTED_GPU_COUNTS = (1, 2, 4, 8)
 PRESET_DEPTHS = {"d12": 12, "d20": 20, "d24": 24, "d26": 26, "d32": 32}
 SMOKE = "smoke"
@@ -30,6 +30,9 @@ class Step:
     name: str
     module: str
     args: list[str]
+    # The arguments with the recipe's runtime placeholders left unfilled ("--run={wandb_run}"): what the phase's
+    # marker key hashes, so a W&B name, a checkpoint interval or a device batch never makes a finished phase run again.
+    identity: list[str] = field(default_factory=list)
     nproc: int = 1  # >1: launched with torchrun
     critical: bool = True  # False: a failure is recorded and the run goes on (evaluations)
     uses: list[str] = field(default_factory=list)  # pre-seeded items
@@ -55,6 +58,9 @@ class Phase:
     makes: list[str]
     steps: list[Step]
     prestage: list[str] = field(default_factory=list)
+    hardware: str = "gpu"  # cpu: needs no GPU (a backend may run it on a cheaper machine)
+    cost: dict = field(default_factory=dict)  # how estimate.py prices it (the recipe's `cost` table)
+    chat_source: str = ""  # the name `runner chat --source` knows its checkpoints by ("" : not a chat model)
 
 
 @dataclass
@@ -89,6 +95,21 @@ class Plan:
     def phase_names(self) -> list[str]:
         return [p.name for p in self.phases]
 
+    def check(self, fix: str = "Make the plan again with this runner: `runner plan --json > plan.json` (and do not edit its commands).") -> None:
+        """Every command (as given, offline, and resuming) against the pin's flag table: a flag nanochat refuses
+        is an error now, not hours into the run. Runs wherever a plan comes from (built here, a file, a backend)."""
+        recipe = load_recipe(self.recipe)
+        if self.commit != recipe["commit"]:
+            raise PlanError(f"This plan names nanochat {self.commit[:7]}, but recipe {self.recipe!r} is pinned to {recipe['commit'][:7]}.", [fix])
+        problems: list[str] = []
+        for phase in self.phases:
+            for step in phase.steps:
+                resume_variant = [f"{step.resume_flag}=1"] if step.resume_flag else []
+                for args in (step.args, step.args + step.without, step.args + resume_variant):
+                    problems += check_args(step.module, args, recipe["flag_table"], recipe["commit"])
+        if problems:
+            raise PlanError("The plan has commands that nanochat at this pin would refuse:\n  " + "\n  ".join(sorted(set(problems))), [fix])
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -97,6 +118,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Plan":
+        if raw.get("version") == 1:
+            raw = _upgrade_v1(raw)
         if raw.get("version") != PLAN_VERSION:
             raise PlanError(
                 f"This plan has version {raw.get('version')}, this runner reads version {PLAN_VERSION}.",
@@ -123,6 +146,19 @@ class Plan:
             return cls.from_dict(raw)
         except (KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"{source} is not a runner plan ({e}).", ["Write it with `runner plan --json`."])
+
+
+def _upgrade_v1(raw: dict) -> dict:
+    """A version-1 plan (written before steps carried their identity): its steps keep the keys they had (identity =
+    arguments) and its phases take their hardware, cost and chat source from the recipe."""
+    recipe_phases = {p["name"]: p for p in load_recipe(raw["recipe"])["phase"]}
+    phases = []
+    for phase in raw["phases"]:
+        facts = recipe_phases.get(phase["name"], {})
+        steps = [{"identity": list(s["args"]), **s} for s in phase["steps"]]
+        phases.append({"hardware": facts.get("hardware", "gpu"), "cost": dict(facts.get("cost", {})),
+                       "chat_source": facts.get("chat_source", ""), **phase, "steps": steps})
+    return {**raw, "phases": phases, "version": PLAN_VERSION}
 
 
 def parse_model(model: str | None, depth: int | None, recipe: dict) -> tuple[str, int, bool]:
@@ -189,7 +225,7 @@ def build_plan(
     gpus: int | None = None,
     gpu_type: str = "H100",
     with_rl: bool = False,
-    wandb_run: str = "dummy",
+    wandb_run: str | None = "dummy",  # None: named after the run id
     run_id: str | None = None,
     checkpoint_every_min: float = 30.0,
 ) -> Plan:
@@ -211,6 +247,8 @@ def build_plan(
             ["Choose a smaller model (--model d20) or a GPU with more memory (--gpu-type H200)."],
         )
     shards = recipe["smoke"]["shards"] if smoke else shape.shards_to_download
+    run_id = run_id or new_run_id(model_name, recipe_name, gpus)
+    wandb_run = wandb_run or run_id
     values = {
         "depth": depth_value,
         "model_tag": f"d{depth_value}",
@@ -225,8 +263,9 @@ def build_plan(
         "fp8": "--fp8" if gpu_type in FP8_GPUS else "",
         "save_every": save_every_steps(shape, gpus, gpu_type, checkpoint_every_min),
     }
+    runtime = set(recipe["placeholders"].get("runtime", []))
+    identity_values = {k: (f"{{{k}}}" if k in runtime else v) for k, v in values.items()}
     phases: list[Phase] = []
-    problems: list[str] = []
     for raw_phase in recipe["phase"]:
         if raw_phase.get("optional") and not with_rl:
             continue
@@ -237,6 +276,7 @@ def build_plan(
                 name=raw["name"],
                 module=raw["module"],
                 args=_fill_all(args, values),
+                identity=_fill_all(args, identity_values),
                 nproc=gpus if raw.get("gpus") == "all" else 1,
                 critical=raw.get("critical", True),
                 uses=list(raw.get("uses", [])),
@@ -248,9 +288,6 @@ def build_plan(
                 checkpoints=_fill(raw.get("checkpoints", ""), values),
                 compiles=raw.get("compiles", False),
             )
-            resume_variant = [f"{step.resume_flag}=1"] if step.resume_flag else []
-            for args_variant in (step.args, step.args + step.without, step.args + resume_variant):
-                problems += check_args(step.module, args_variant, recipe["flag_table"], recipe["commit"])
             steps.append(step)
         phases.append(
             Phase(
@@ -259,16 +296,13 @@ def build_plan(
                 makes=[_fill(p, values) for p in raw_phase["makes"]],
                 prestage=[_fill(p, values) for p in raw_phase.get("prestage", [])],
                 steps=steps,
+                hardware=raw_phase["hardware"],
+                cost=dict(raw_phase["cost"]),
+                chat_source=raw_phase.get("chat_source", ""),
             )
         )
-    if problems:
-        raise PlanError(
-            "The recipe generates arguments that nanochat at this pin would refuse:\n  "
-            + "\n  ".join(sorted(set(problems))),
-            ["Fix the recipe file so every flag exists in its flag table (runner/recipes/flags-*.json)."],
-        )
     data = dict(recipe["data"], shards=shards)
-    return Plan(
+    the_plan = Plan(
         recipe=recipe_name,
         commit=recipe["commit"],
         model=model_name,
@@ -282,5 +316,7 @@ def build_plan(
         data=data,
         preseed={name: dict(item) for name, item in recipe.get("preseed", {}).items()},
         phases=phases,
-        run_id=run_id or new_run_id(model_name, recipe_name, gpus),
+        run_id=run_id,
     )
+    the_plan.check(fix="Fix the recipe file so every flag exists in its flag table (runner/recipes/flags-*.json).")
+    return the_plan

@@ -1,6 +1,8 @@
 """Recipes: one TOML file per nanochat pin (runner/recipes/<name>.toml), and the flag check against that pin.
 
-A recipe is data: phases, steps, arguments with placeholders, pre-seeded files. `check_args` is the guard
+A recipe is data: phases, steps, arguments with placeholders, pre-seeded files, and the facts about each phase
+that code would otherwise look up by its name (CPU or GPU, how its cost is estimated, which model it makes for
+chat). It is checked against recipe_schema.py when loaded. Recipes are found by name only. `check_args` is the guard
 against the most expensive mistake a runner can make, a flag that the pinned nanochat does not accept, which
 argparse only reports when the step starts, possibly hours into a run.
 """
@@ -12,6 +14,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from . import recipe_schema
 from .errors import PlanError
 
 if sys.version_info >= (3, 11):
@@ -32,13 +35,19 @@ def recipe_names() -> list[str]:
 @lru_cache(maxsize=None)
 def load_recipe(name: str) -> dict:
     path = RECIPE_DIR / f"{name}.toml"
-    if not path.is_file():
+    if name not in recipe_names():  # a name, never a path: recipes are the runner's own files
         raise PlanError(
             f"Unknown recipe {name!r}.",
             [f"Use one of: {', '.join(recipe_names())} (`runner plan --recipe NAME`)."],
         )
-    with path.open("rb") as f:
-        recipe = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            recipe = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"Recipe file {path} is not valid TOML ({e}).", [f"Fix {path}."]) from None
+    problems = recipe_schema.check(recipe)
+    if problems:
+        raise PlanError(f"Recipe file {path} is not a valid recipe:\n  " + "\n  ".join(problems), [f"Fix those keys in {path}."])
     recipe["flag_table"] = load_flag_table(recipe["flags"])
     return recipe
 

@@ -101,7 +101,8 @@ def build(storage: Storage, run_id: str) -> tuple[str, dict[str, bytes], dict]:
     rows = [[where, name, f"{value:.4f}"] for where, found in metrics.items() for name, value in sorted(found.items())]
     out += [_table(["step", "metric", "value"], rows) if rows else "No metrics were found in the logs.", ""]
     chat = {where.split("/")[1].removeprefix("chat_eval_"): found for where, found in metrics.items() if "chat_eval" in where}
-    chat = {stage: chat[stage] for stage in sorted(chat, key=lambda s: ["base", "mid", "sft", "rl"].index(s) if s in ("base", "mid", "sft", "rl") else 9)}
+    order = [p["name"] for p in (plan_raw or {}).get("phases", [])]  # pipeline order: the chat stages are phase names
+    chat = {stage: chat[stage] for stage in sorted(chat, key=lambda s: order.index(s) if s in order else len(order))}
     if chat:
         keys = [t.lower().replace("-", "_") + "_acc" for t in CHAT_TASKS]
         out += ["### Chat evaluations", "", _table(["task", *chat], [[t, *(f"{chat[s][k]:.4f}" if k in chat[s] else "" for s in chat)] for t, k in zip(CHAT_TASKS, keys)]), ""]

@@ -78,7 +78,7 @@ def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh:
         raise PlanError(
             f"The newest checkpoint of {storage.url_of(rel)} (step {newest}) was written by {manifest['processes']} "
             f"processes, but this plan runs {step.nproc}; nanochat shards optimizer state per process.",
-            [f"Resume with --gpus {manifest['processes']}.", "Or start base training over with --from base (earlier checkpoints are overwritten)."],
+            [f"Resume with --gpus {manifest['processes']}.", "Or start base training over with --only base --fresh (earlier checkpoints are overwritten)."],
         )
     resumed = stage_newest_complete(storage, rel, local, state, log=log, stored=stored)
     if resumed is None:

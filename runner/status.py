@@ -77,6 +77,19 @@ class StatusFile:
             self.data.update(fields)
         self.write()
 
+    def append(self, field: str, value) -> None:
+        """Add one entry to a list field (resumes, ...)."""
+        with self.lock:
+            self.data.setdefault(field, []).append(value)
+        self.write()
+
+    def get(self, field: str):
+        """A copy of one field, taken under the lock (the progress thread writes while the agent reads)."""
+        import copy
+
+        with self.lock:
+            return copy.deepcopy(self.data.get(field))
+
     def phase(self, name: str, **fields) -> None:
         with self.lock:
             self.data["phases"][name].update(fields)

@@ -1,116 +1,124 @@
 """Running one step of a phase on the node: what `--offline` changes, skipping a satisfied download, resuming
-from storage, the background checkpoint uploader, the compile cache around it, streaming its output into the
-log and the status file, and checking what it made. `NodeAgent` (node.py) mixes this in."""
+from storage, publishing checkpoints while it trains, the compile cache around it, streaming its output into the
+log and the status record, and checking what it made.
+
+`StepRunner` reads the run's `RunContext`, writes the run's `RunLedger`, and returns a `StepResult`; the agent
+(node.py) owns the order of phases and what happens after each result.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from . import shards
-from .checkpoints import CheckpointUploader
 from .compile_cache import EARLY_SAVE_AT_STEP, CompileCache, cache_key, probe
+from .context import RunContext, RunLedger, StepResult, say
 from .nanochat_env import command, phase_env
 from .process import run_streamed
 from .progress import parse_line
 from .resume import prepare_resume
-
-
-def say(message: str) -> None:
-    print(f"[runner] {message}", flush=True)
+from .status import now_iso
 
 
 class StepRunner:
-    """The per-step half of the node agent; expects the attributes NodeAgent sets up."""
+    def __init__(self, ctx: RunContext, ledger: RunLedger):
+        self.ctx, self.ledger = ctx, ledger
+        self.compile_cache: CompileCache | None = None
 
-    def missing_for(self, step) -> list[str]:
-        return [n for n in step.uses if n in self.missing_items]
-
-    def run_step(self, phase, step, sink) -> str:
-        """Run one step; returns "ok", "failed" or "skipped"."""
-        args = list(step.args)
-        missing = self.missing_for(step)
+    def _offline_args(self, phase, step) -> list[str] | None:
+        """The step's arguments given what --offline left missing; None when the step must be skipped."""
+        missing = self.ledger.missing_for(step)
         if missing and step.offline == "without":
-            args += step.without
             say(f"{step.name}: {', '.join(missing)} missing (--offline): adding {' '.join(step.without)}")
-        elif missing:
+            return [*step.args, *step.without]
+        if missing:
             say(f"{step.name}: skipped, {', '.join(missing)} missing (--offline)")
-            self.skipped.append(f"{phase.name}.{step.name}: {', '.join(missing)} missing (--offline)")
-            self.status.step(phase.name, step.name, state="skipped", note="offline: " + ", ".join(missing))
-            return "skipped"
-        data_dir = self.base_dir / self.plan.data["dir"]
-        if step.skip_if == "shards" and not shards.problems(data_dir, self.plan.data):
-            say(f"{step.name}: all {self.plan.data['shards']} shards are already here; nothing to download")
-            self.status.step(phase.name, step.name, state="ok", note="shards already in storage")
-            return "ok"
+            self.ledger.skipped.append(f"{phase.name}.{step.name}: {', '.join(missing)} missing (--offline)")
+            self.ctx.status.step(phase.name, step.name, state="skipped", note="offline: " + ", ".join(missing))
+            return None
+        return list(step.args)
+
+    def run(self, phase, step, sink, publishers) -> StepResult:
+        ctx, status = self.ctx, self.ctx.status
+        args = self._offline_args(phase, step)
+        if args is None:
+            return StepResult.SKIPPED
+        data_dir = ctx.base_dir / ctx.plan.data["dir"]
+        if step.skip_if == "shards" and not shards.problems(data_dir, ctx.plan.data):
+            say(f"{step.name}: all {ctx.plan.data['shards']} shards are already here; nothing to download")
+            status.step(phase.name, step.name, state="ok", note="shards already in storage")
+            return StepResult.OK
         env_extra = {}
         for name in step.uses:
-            if name not in missing:
-                env_extra.update(self.items[name].env(self.base_dir, self.cache_dir))
-        env = phase_env(self.base_dir, self.cache_dir, env_extra)
-        uploader = None
-        if step.resume_flag:
-            local_ckpt = self.base_dir / step.checkpoints
-            resume = prepare_resume(self.storage, step, local_ckpt, self.state, fresh=phase.name in self.forced, log=say)
+            if name not in self.ledger.missing_items:
+                env_extra.update(ctx.items[name].env(ctx.base_dir, ctx.cache_dir))
+        env = phase_env(ctx.base_dir, ctx.cache_dir, env_extra)
+        publisher = next((p for p in publishers if p.rel == step.checkpoints), None) if step.resume_flag else None
+        if publisher is not None:
+            resume = prepare_resume(ctx.storage, step, publisher.local, ctx.state, fresh=phase.name in self.ledger.fresh, log=say)
             if resume:
-                self.status.data["resumes"].append({"phase": phase.name, "step": step.name, "from": resume[0].split("=")[1], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                status.append("resumes", {"phase": phase.name, "step": step.name, "from": resume[0].split("=")[1], "at": now_iso()})
             args += resume
-            uploader = CheckpointUploader(self.storage, local_ckpt, step.checkpoints, step.nproc, self.state, log=say).start()
+            publisher.watch(step.nproc)
         cache = self._restore_compile_cache() if step.compiles else None
-        argv = command(self.nanochat, step.__class__(**{**step.__dict__, "args": args}))
+        argv = command(ctx.nanochat, replace(step, args=args))
         header = f"==== {phase.name}/{step.name}: {' '.join(argv[1:])}"
         say(header.removeprefix("==== "))
         sink.write(header)
-        self.status.set(step=step.name, progress={})
-        self.status.step(phase.name, step.name, state="running", command=argv[1:])
+        status.set(step=step.name, progress={})
+        status.step(phase.name, step.name, state="running", command=argv[1:])
         started = time.monotonic()
 
         def on_line(line: str) -> None:
             progress, metrics = parse_line(line)
             if progress or metrics:
-                self.status.progress(progress, metrics)
+                status.progress(progress, metrics)
             if cache and progress.get("step", 0) >= EARLY_SAVE_AT_STEP and not cache.saves:
                 cache.save_in_background(f"{step.name} reached step {progress['step']}")
 
         try:
-            code = run_streamed(argv, str(self.nanochat.root), env, sink, on_line, self.options.heartbeat_sec, f"{phase.name}/{step.name}")
+            code = run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}")
         finally:
             # Whatever happened to the trainer, what it completed goes to storage before we move on or stop.
-            if uploader:
-                uploaded = uploader.finish()
-                self.status.step(phase.name, step.name, checkpoints_uploaded=uploaded)
+            if publisher is not None:
+                status.step(phase.name, step.name, checkpoints_uploaded=publisher.stop_watching())
             if cache:
                 self._save_compile_cache(cache, f"{step.name} ended")
-        seconds = round(time.monotonic() - started, 1)
+        return self._judge(phase, step, code, round(time.monotonic() - started, 1), data_dir, sink)
+
+    def _judge(self, phase, step, code: int, seconds: float, data_dir, sink) -> StepResult:
+        status = self.ctx.status
         if code == 0 and step.verify == "shards":
-            found = shards.problems(data_dir, self.plan.data)
+            found = shards.problems(data_dir, self.ctx.plan.data)
             if found:
                 sink.write(f"[runner] shard check failed: {'; '.join(found)}")
                 say(f"{step.name}: the downloader exited 0 but {'; '.join(found)}")
                 code = 1
-        last_progress = dict(self.status.data["progress"])
+        last_progress = status.get("progress")
         if code == 0:
-            self.status.step(phase.name, step.name, state="ok", seconds=seconds, progress=last_progress)
-            return "ok"
-        self.status.step(phase.name, step.name, state="failed", exit_code=code, seconds=seconds, progress=last_progress)
+            status.step(phase.name, step.name, state="ok", seconds=seconds, progress=last_progress)
+            return StepResult.OK
+        status.step(phase.name, step.name, state="failed", exit_code=code, seconds=seconds, progress=last_progress)
         if not step.critical:
-            where = self.storage.url_of(f"{self.run_dir}/logs/{phase.name}.log")
+            where = self.ctx.storage.url_of(self.ctx.phase_log(phase.name))
             say(f"{step.name}: failed with exit code {code} (evaluation: the run goes on); log: {where}")
-            self.eval_failures.append(f"{phase.name}.{step.name} (exit {code})")
-            self.status.set(eval_failures=self.eval_failures)
-        return "failed"
+            self.ledger.eval_failures.append(f"{phase.name}.{step.name} (exit {code})")
+            status.set(eval_failures=list(self.ledger.eval_failures))
+        return StepResult.FAILED
 
     def _restore_compile_cache(self) -> CompileCache:
+        ctx = self.ctx
         if self.compile_cache is None:
-            versions = probe(self.nanochat.python, self.nanochat.root)
-            self.status.set(versions={**versions, "nanochat": self.nanochat.commit})
-            key = cache_key(versions, self.plan)
-            self.compile_cache = CompileCache(self.storage, self.cache_dir, key, log=say)
+            versions = probe(ctx.nanochat.python, ctx.nanochat.root)
+            ctx.status.set(versions={**versions, "nanochat": ctx.nanochat.commit})
+            self.compile_cache = CompileCache(ctx.storage, ctx.cache_dir, cache_key(versions, ctx.plan), log=say)
         try:
             outcome = self.compile_cache.restore()
         except Exception as e:  # noqa: BLE001 - a cache is an optimisation: a broken one means compiling
             outcome = "miss"
             say(f"compile cache could not be restored ({type(e).__name__}: {e}); compiling from scratch")
-        self.status.set(compile_cache={"key": self.compile_cache.key, "restore": outcome})
+        ctx.status.set(compile_cache={"key": self.compile_cache.key, "restore": outcome})
         return self.compile_cache
 
     def _save_compile_cache(self, cache: CompileCache, reason: str) -> None:
@@ -119,5 +127,4 @@ class StepRunner:
             cache.save(reason)
         except Exception as e:  # noqa: BLE001
             say(f"compile cache could not be saved ({type(e).__name__}: {e})")
-        self.status.set(compile_cache={"key": cache.key, "restore": cache.outcome, "saves": len(cache.saves)})
-
+        self.ctx.status.set(compile_cache={"key": cache.key, "restore": cache.outcome, "saves": len(cache.saves)})

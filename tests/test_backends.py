@@ -46,7 +46,8 @@ def test_dry_run_shows_the_container_and_hides_secret_values(tmp_path):
     result = invoke("up", "--smoke", "--storage", str(tmp_path / "s"), "--run-id", "dry", "--gpu-ids", "2", "-e", "EXTRA=x", "--dry-run", env=env)
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "docker run --detach --name nanochat-dry --init --ipc=host --gpus=2" in out
+    # Device 2 (not a count of 2): docker reads --gpus as CSV, so a device list is quoted as the launch gets it.
+    assert "docker run --detach --name nanochat-dry --init --ipc=host '--gpus=\"device=2\"'" in out
     assert f"--volume={tmp_path / 's'}:/storage" in out and "--env=WANDB_API_KEY" in out and "--env=EXTRA" in out
     assert "node run --storage /storage --run-id dry" in out and "handle: local://nanochat-dry" in out
     assert "secret" not in out

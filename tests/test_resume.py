@@ -1,5 +1,5 @@
 """Resume rules on local storage: a crash keeps its checkpoints, a corrupt one is skipped, a different GPU count
-is refused, --force starts over, and later phases stage only the newest complete checkpoint."""
+is refused, --only/--from resume unless --fresh starts over, and later phases stage only the newest complete checkpoint."""
 
 from __future__ import annotations
 
@@ -56,9 +56,17 @@ def test_a_different_gpu_count_is_refused_with_what_to_do(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_force_starts_base_training_over(tmp_path):
+def test_only_and_from_rerun_an_interrupted_phase_by_resuming_it(tmp_path):
     storage, double, plan = crashed_at_step_17(tmp_path)
-    result = run(plan, storage, double, base_env(tmp_path), "--from", "base")
+    result = run(plan, storage, double, base_env(tmp_path), "--only", "base")
+    assert result.code == 0, result.output
+    train = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train"][-1]
+    assert "--resume_from_step=15" in train["argv"] and "starting fresh" not in result.output
+
+
+def test_fresh_starts_base_training_over(tmp_path):
+    storage, double, plan = crashed_at_step_17(tmp_path)
+    result = run(plan, storage, double, base_env(tmp_path), "--from", "base", "--fresh")
     assert result.code == 0, result.output
     train = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train"][-1]
     assert not any(a.startswith("--resume_from_step") for a in train["argv"])

@@ -1,0 +1,76 @@
+"""Options shared by several commands, declared once, and the plan builder they feed.
+
+`plan_options` choose a plan (`runner plan`, `runner node run`, `runner up`); `node_options` are the node agent's
+own (`runner node run`, and `runner up`, which hands them to the node through the launch description);
+`storage_option` is the repeatable fsspec option every storage-reading command takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+
+def _stack(*decorators):
+    """One decorator applying several click options, in the order they are listed in --help."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return functools.wraps(func)(func)
+
+    return apply
+
+
+plan_options = _stack(
+    click.option("--recipe", default="seed", show_default=True, help="nanochat pin: seed (a1ccb3d) or latest (92d63d4)."),
+    click.option("--model", default=None, help="d12, d20, d26, d32 or smoke (default: the recipe's, d20 for seed)."),
+    click.option("--depth", type=int, default=None, help="Any other depth instead of --model."),
+    click.option("--gpus", type=int, default=None, help="GPUs per node: 1, 2, 4 or 8 (default 8; smoke: 1)."),
+    click.option("--gpu-type", default="H100", show_default=True, help="H100, H200, A100-80GB or B200 (prices.toml)."),
+    click.option("--with-rl", is_flag=True, help="Add the optional RL phase (GSM8K)."),
+    click.option("--wandb-run", default=None, help="W&B run name (default: the run id when WANDB_API_KEY is set, else dummy)."),
+    click.option("--checkpoint-every-min", type=float, default=30.0, show_default=True,
+                 help="Minutes of base training between checkpoints (derived --save_every)."),
+)
+
+node_options = _stack(
+    click.option("--offline", is_flag=True, help="Download nothing: steps whose pre-seeded files are missing are skipped (or run without them), and said."),
+    click.option("--force", is_flag=True, help="Run every phase again even when its marker says it is done (training starts over)."),
+    click.option("--from", "from_phase", default=None, metavar="PHASE", help="Run PHASE and every phase after it again, even if done; a resumable phase resumes unless --fresh."),
+    click.option("--only", "only_phase", default=None, metavar="PHASE", help="Run only PHASE again (its inputs must be in storage); a resumable phase resumes unless --fresh."),
+    click.option("--fresh", is_flag=True, help="With --from/--only: start a resumable phase over instead of resuming its newest checkpoint."),
+    click.option("--heartbeat-sec", type=click.FloatRange(min=1.0), default=None, help="Print a heartbeat after this many seconds of silence (default 60)."),
+)
+
+storage_option = click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+                              help="fsspec option, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable).")
+
+
+def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min=30.0, run_id=None):
+    """Build a plan. The W&B run is named after the run id (the one given, or the plan's new one) when a W&B key is
+    present, else disabled ("dummy"); the name is a runtime value, so it never changes a phase's identity."""
+    from ..plan import build_plan
+
+    if wandb_run is None and not os.environ.get("WANDB_API_KEY"):
+        wandb_run = "dummy"  # nanochat's name for "no W&B"
+    return build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, run_id=run_id, checkpoint_every_min=checkpoint_every_min)
+
+
+def pairs(values: tuple[str, ...], what: str, from_env: bool = False) -> dict[str, str]:
+    """{KEY: VALUE} from repeated KEY=VALUE options; with `from_env`, a bare KEY takes this shell's value."""
+    from ..errors import RunnerError
+
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not key or (not sep and not from_env):
+            raise RunnerError(f"{what} {value!r} is not KEY=VALUE.", [f"Write it as {what} KEY=VALUE."])
+        if not sep:
+            if key not in os.environ:
+                raise RunnerError(f"{what} {key}: {key} is not set in this shell.", [f"Export {key} first, or write {what} {key}=VALUE."])
+            rest = os.environ[key]
+        out[key] = rest
+    return out

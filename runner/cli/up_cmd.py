@@ -1,0 +1,101 @@
+"""`runner up`: start a plan on a backend and stream it until it ends; Ctrl-C only detaches.
+
+`up` builds the plan, asks the backend to prepare the launch (the same object `--dry-run` prints), lets it check
+the machine and build or find what the launch needs, starts the run detached and follows it (watch.py). `runner
+logs -f HANDLE` picks it up again from anywhere. The backends and their SDKs are imported inside the command, so
+`runner --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import make_plan, node_options, pairs, plan_options, storage_option
+from .watch import follow_run, say
+
+SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse")
+
+ssh_options = [
+    click.option("--host", default=None, metavar="USER@HOST[:PORT]", help="ssh backend: the GPU host to log in to."),
+    click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
+    click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved)."),
+    click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto)."),
+    click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: upload this nanochat checkout instead of cloning it on the host."),
+    click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
+]
+
+
+def _with(options):
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+@click.command(short_help="Start a run on a backend (local Docker) and stream its output; Ctrl-C detaches.")
+@click.option("--backend", "backend_name", default="local", show_default=True, help="Where to run: local (Docker here), ssh (a GPU host over SSH) or modal.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json` instead of the plan options.")
+@plan_options
+@click.option("--smoke", is_flag=True, help="Same as --model smoke: minutes on one GPU through every phase.")
+@click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="A folder on this machine (bind-mounted) or s3://bucket/prefix.")
+@storage_option
+@click.option("--run-id", default=None, help="Name of the run (default: a new one); also the W&B run name when WANDB_API_KEY is set. Reusing one continues it.")
+@node_options
+@_with(ssh_options)
+@click.option("--image", default=None, help="Image to run (default: nanochat-runner:nanochat-<commit>, built when missing).")
+@click.option("--rebuild", is_flag=True, help="Build the image even when it exists.")
+@click.option("--context", "build_context", default=None, type=click.Path(file_okay=False), help="Build context with the Dockerfile (default: this checkout).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Docker build argument, e.g. BASE_IMAGE=... (repeatable).")
+@click.option("--gpu-ids", default=None, metavar="all|ID,ID", help="Which GPUs: all, or device ids (default: the plan's count).")
+@click.option("--scratch", default=None, type=click.Path(file_okay=False), help="Host folder for the node's scratch (default: the container's disk).")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Extra variable for the node; KEY alone takes this shell's value.")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would be built and started; do nothing.")
+@click.option("-d", "--detach", is_flag=True, help="Return once the run has started instead of streaming it.")
+def up(backend_name, plan_file, smoke, storage, storage_options, run_id, offline, force, from_phase, only_phase, fresh,
+       heartbeat_sec, image, rebuild, build_context, build_args, gpu_ids, scratch, env, dry_run, detach, **params):
+    """Run the speedrun on a backend: prepare the launch, preflight the machine, start `runner node run` detached,
+    and stream its output until it ends. Ctrl-C detaches; the run goes on."""
+    from backends import get_backend
+    from backends.base import RunSpec
+
+    from ..errors import PlanError
+    from ..plan import Plan
+
+    if smoke:
+        if params.get("model") not in (None, "smoke") or params.get("depth") is not None:
+            raise PlanError("--smoke is the smoke model; it cannot be combined with --model or --depth.", ["Drop --smoke or the other option."])
+        params["model"] = "smoke"
+    ssh = {key: params.pop(key, None) for key in SSH_KEYS}
+    backend = get_backend(backend_name)
+    if backend_name == "ssh":
+        backend.configure(**ssh)
+    elif any(ssh.values()):
+        raise click.UsageError("--host, --identity, --accept-new-host-key, --mode, --nanochat-src and --wheelhouse are options of --backend ssh.")
+    if plan_file:
+        the_plan = Plan.load(plan_file)
+        if run_id:
+            the_plan.run_id = run_id
+    else:
+        the_plan = make_plan(**params, run_id=run_id)
+    spec = RunSpec(
+        plan=the_plan, storage=storage, storage_options=list(storage_options),
+        offline=offline, force=force, fresh=fresh, from_phase=from_phase, only_phase=only_phase, heartbeat_sec=heartbeat_sec,
+        env=pairs(env, "--env", from_env=True), image=image, build_args=pairs(build_args, "--build-arg"),
+        build_context=build_context, rebuild=rebuild, gpu_ids=gpu_ids, scratch=scratch,
+    )
+    prepared = backend.prepare(spec)
+    if dry_run:
+        click.echo(str(prepared))
+        return
+    prepared = backend.preflight(prepared, say)
+    handle = backend.launch(prepared)
+    say(f"started run {the_plan.run_id}: {handle}")
+    say(f"reattach from any terminal: runner logs -f {handle}   status: runner status {handle}   stop: runner down {handle}")
+    if detach:
+        click.echo(handle)
+        return
+    sys.exit(follow_run(backend, handle))

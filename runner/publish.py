@@ -1,0 +1,45 @@
+"""The one way a phase's checkpoints reach storage.
+
+A `CheckpointPublisher` owns one checkpoint folder a phase makes, for the whole phase: for a step that resumes
+(base training) it uploads each checkpoint in the background as soon as it is complete, so a preemption loses at
+most one interval; when the phase's steps end, however they ended, it uploads what is left and writes the manifest
+of every whole checkpoint (the only mark storage readers trust). Nothing else pushes or seals checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoints import CheckpointUploader, is_checkpoint_dir, seal
+from .transfer import push
+
+
+class CheckpointPublisher:
+    def __init__(self, ctx, rel: str, log):
+        self.ctx, self.rel, self.log = ctx, rel, log
+        self.local: Path = ctx.base_dir / rel
+        self.uploader: CheckpointUploader | None = None
+        self.uploaded: list[int] = []
+
+    @classmethod
+    def for_phase(cls, ctx, phase, log) -> list["CheckpointPublisher"]:
+        return [cls(ctx, rel, log) for rel in phase.makes if is_checkpoint_dir(rel)]
+
+    def watch(self, nproc: int) -> None:
+        """Upload checkpoints while a resumable step trains (every rank's optimizer shard is part of one)."""
+        if self.uploader is None:
+            self.uploader = CheckpointUploader(self.ctx.storage, self.local, self.rel, nproc, self.ctx.state, log=self.log).start()
+
+    def stop_watching(self) -> list[int]:
+        """The step has ended: upload what it completed before anything else happens to the node."""
+        if self.uploader is None:
+            return []
+        uploaded, self.uploader = self.uploader.finish(), None
+        self.uploaded += uploaded
+        return uploaded
+
+    def finish(self) -> None:
+        """The phase has ended: push the folder's remaining files, then write the manifests that make them count."""
+        self.stop_watching()
+        push(self.ctx.storage, self.local, self.rel, self.ctx.state, log=self.log)
+        seal(self.ctx.storage, self.local, self.rel, log=self.log)
