@@ -212,10 +212,15 @@ def _stop_node(node: subprocess.Popen, grace_s: float = 120.0) -> None:
             node.wait()
 
 
+def stage_argv(job: dict, attempt: int) -> list[str]:
+    """--force/--from/--only restart phases: the first attempt only; every retry resumes."""
+    return job["argv"] if attempt == 0 else job["continuing_argv"]
+
+
 def run_stage(job: dict, call_id: str | None = None, attempts=None, volume_factory=None) -> dict:
     """`runner node run` for one stage, with the first-call or the continuing argv, the Volume committed."""
     attempt = count_attempt(call_id, attempts)
-    argv = job["argv"] if attempt == 0 else job["continuing_argv"]
+    argv = stage_argv(job, attempt)
     volume = (volume_factory or modal.Volume.from_name)(job["volume"]) if job.get("volume") else None
     committer = Committer(volume, job.get("commit_every_s", COMMIT_EVERY_SEC))
     say(f"stage {job['stage']}, attempt {attempt + 1}: runner {' '.join(argv)}")

@@ -77,7 +77,7 @@ class ModalBackend(Backend):
         }
         request = modal_request.ModalRequest(app_name=modal_plan.app_name(spec, settings), environment=self.environment(),
                                              image=settings, run=run, env=env)
-        handle = modal_record.make_handle(spec.run_id, spec.storage, self.environment())
+        handle = modal_record.make_handle(spec.run_id, spec.storage)
         summary = (
             f"backend modal: run {spec.run_id}, storage {spec.storage} -> {storage_url} in the containers"
             + (f" (Volume {volume}, committed every 5 min and checked at the end of each stage)" if volume else ""),
@@ -106,7 +106,7 @@ class ModalBackend(Backend):
         store._storage = open_storage(spec.storage, spec.storage_options)  # reachable and writable from here
         existing = store.read(spec.run_id)
         if existing:
-            info = modal_watch.refresh(store, existing, modal, self._handle(spec.storage, spec.run_id, request.environment))
+            info = modal_watch.refresh(store, existing, modal, modal_record.make_handle(spec.run_id, spec.storage))
             if not info.state.is_terminal():
                 raise PreflightError(f"Run {spec.run_id} is still going on Modal ({info.handle}).",
                                      [f"Follow it: `runner logs -f '{info.handle}'`, or stop it: `runner down '{info.handle}'`.", "Or give this run another --run-id."])
@@ -134,22 +134,19 @@ class ModalBackend(Backend):
         except Exception:
             call.cancel(terminate_containers=True)  # a run nobody can find again must not go on
             raise
-        return self._handle(spec.storage, spec.run_id, request.environment)
-
-    def _handle(self, storage: str, run_id: str, environment: str | None) -> str:
-        return modal_record.make_handle(run_id, storage, environment)
+        return modal_record.make_handle(spec.run_id, spec.storage)
 
     # -- finding a run again ---------------------------------------------------------------------------------------
 
     def _locate(self, handle: str) -> tuple[modal_record.RecordStore, dict, str]:
-        run_id, storage, environment = modal_record.parse_handle(handle)
+        run_id, storage = modal_record.parse_handle(handle)
         require_modal()
         store = modal_record.RecordStore(storage)
         record = store.read(run_id)
         if record is None:
             raise BackendError(f"No Modal run {run_id!r} in {storage}.",
                                [f"`RUNNER_STORAGE={storage} runner status --backend modal` lists the Modal runs there.", "Check the run id and the storage in the handle."])
-        return store, record, self._handle(storage, run_id, environment or record.get("environment"))
+        return store, record, modal_record.make_handle(run_id, storage)
 
     def describe(self, handle: str) -> RunInfo:
         store, record, handle = self._locate(handle)
@@ -164,7 +161,7 @@ class ModalBackend(Backend):
         store = modal_record.RecordStore(storage)
         out = []
         for run_id in store.run_ids():
-            handle = self._handle(storage, run_id, None)
+            handle = modal_record.make_handle(run_id, storage)
             try:
                 out.append(modal_watch.refresh(store, store.read(run_id) or {}, modal, handle))
             except Exception as e:  # noqa: BLE001 - one unreadable record must not hide the others

@@ -5,9 +5,10 @@ hands over to a fresh one), every stage call seen, and, once known, how it ended
 (at launch, and whenever status/logs/down learn something new) atomically, never kept in an expiring Modal
 Dict: a finished run's record stays readable as long as its storage, after Modal has dropped its results.
 
-The handle names the storage, so any terminal finds the record from the handle alone:
+The handle names the storage, so any terminal finds the record from the handle alone (no `?` or `&`: it is
+typed into shells unquoted), and the record names the Modal environment (call ids are global):
 
-    modal://RUN_ID?storage=modal://VOLUME/PREFIX[&env=MODAL_ENVIRONMENT]
+    modal://RUN_ID@modal://VOLUME/PREFIX        modal://RUN_ID@s3://BUCKET/PREFIX
 
 `modal://RUN_ID` alone reads the storage from RUNNER_STORAGE.
 """
@@ -16,40 +17,39 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from urllib.parse import parse_qs, quote
 
 from runner.storage import RUNNER_DIR, open_storage
 
 from .base import BackendError, RunInfo, State, state_from_exit
 
 RECORD_VERSION = 1
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def record_path(run_id: str) -> str:
     return f"{RUNNER_DIR}/runs/{run_id}/modal.json"
 
 
-def make_handle(run_id: str, storage: str, environment: str | None = None) -> str:
-    handle = f"modal://{run_id}?storage={quote(storage, safe=':/')}"
-    return handle + (f"&env={quote(environment, safe='')}" if environment else "")
+def make_handle(run_id: str, storage: str) -> str:
+    return f"modal://{run_id}@{storage}"
 
 
-def parse_handle(handle: str) -> tuple[str, str, str | None]:
-    """(run id, storage URL, Modal environment or None) from a handle or a bare run id."""
-    rest = handle.split("://", 1)[1] if handle.startswith("modal://") else handle
-    if "://" in rest.split("?", 1)[0]:
-        raise BackendError(f"{handle} is not a Modal run.", ["Use the handle `runner up --backend modal` printed (modal://RUN_ID?storage=...)."])
-    run_id, _, query = rest.partition("?")
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    storage = params.get("storage") or os.environ.get("RUNNER_STORAGE")
-    if not run_id or not storage:
+def parse_handle(handle: str) -> tuple[str, str]:
+    """(run id, storage URL) from a handle or a bare run id (then the storage is RUNNER_STORAGE)."""
+    rest = handle[len("modal://"):] if handle.startswith("modal://") else handle
+    run_id, _, storage = rest.partition("@")
+    storage = storage or os.environ.get("RUNNER_STORAGE", "")
+    if not RUN_ID_RE.match(run_id):
+        raise BackendError(f"{handle!r} does not name a Modal run.", ["Use the handle `runner up --backend modal` printed: modal://RUN_ID@STORAGE."])
+    if not storage:
         raise BackendError(
             f"{handle} does not say which storage holds the run's record.",
-            ["Use the full handle `runner up` printed: modal://RUN_ID?storage=modal://VOLUME/PREFIX, or",
+            ["Use the full handle `runner up` printed: modal://RUN_ID@modal://VOLUME/PREFIX, or",
              "export RUNNER_STORAGE=modal://VOLUME/PREFIX (the run's --storage) and use modal://RUN_ID."],
         )
-    return run_id, storage, params.get("env")
+    return run_id, storage
 
 
 def now() -> str:
