@@ -233,6 +233,9 @@ class _UploadOnClose:
     def writable(self) -> bool:
         return True
 
+    def flush(self) -> None:
+        pass  # the file lands whole on close (fsspec.open flushes before closing)
+
     def readable(self) -> bool:
         return False
 
