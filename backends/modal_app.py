@@ -3,24 +3,19 @@
     modal deploy backends/modal_app.py                              # `runner up --backend modal` does it when needed
     modal run --detach backends/modal_app.py --request run.json     # start a run the Modal way (see the README)
 
-Modal's containers import this file (nothing is pickled), so it uses the standard library and `modal` only, never
-this package: the laptop's Python version does not matter, and the image's own Python (added by `add_python`)
-needs nothing more. The runner works in the containers as a subprocess, `runner node run`, installed in the image
-built from this repository's Dockerfile. Functions (the decorators hold defaults sized for 8 ranks; each call sets
-its GPU type and count, CPU, memory, timeout, retries, secrets and volumes with `with_options`):
+Modal's containers import this file (nothing is pickled): standard library and `modal` only, never this package,
+so the laptop's Python version does not matter. The runner runs in the containers as a subprocess (`runner node
+run`, in the image built from this repository's Dockerfile). `prep` (data, tokenizer: no GPU billed while shards
+download), `gpu_phase` (one GPU phase), `report` (a small CPU container) and the non-preemptible, never retried
+`driver`; decorators hold defaults for 8 ranks, each call sets GPUs, CPU, memory, timeout, retries, secrets and
+volumes with `with_options`.
 
-- `prep`: data download and tokenizer on CPUs, so no GPU is billed while shards download;
-- `gpu_phase`: one GPU phase of the plan (base, mid, sft, rl); `report`: the report, on a small CPU container;
-- `driver`: non-preemptible and never retried; spawns the stages in order and waits for each (`Driver`).
-
-A stage runs `runner node run` on the plan cut after its last phase. The Volume holding storage is committed
-every few minutes and once more at the end, checked: a stage whose final commit fails raises, so it is retried
-and the next stage never mounts a Volume without it. Runs over 24 h follow Modal's pattern: a 24 h timeout,
-retries without delay, resume from the newest complete checkpoint; a segmented stage stops its node agent
-`SEGMENT_GRACE_SEC` before the cap and raises, so the retry starts at once and the checkpoints are committed.
-Only the first attempt of a call runs the first-call argv (--force/--from/--only); a retry after preemption,
-timeout or a segment runs the continuing argv, so training resumes instead of starting over. Attempts are
-counted per call in a Modal Dict: the one thing that outlives a lost container without touching storage.
+A stage runs `runner node run` on the plan cut after its last phase; the Volume is committed every few minutes and
+at the end, checked (a failed final commit raises: the stage is retried, no later stage mounts without it). Runs
+over 24 h follow Modal's pattern: 24 h timeout, retries without delay, resume from the newest complete checkpoint
+(a segmented stage stops its node agent SEGMENT_GRACE_SEC before the cap and raises). Only a call's first attempt
+runs the first-call argv (--force/--from/--only); a retry runs the continuing argv, so training resumes. Attempts
+are counted per call in a Modal Dict: the one thing that outlives a lost container without touching storage.
 """
 
 from __future__ import annotations
@@ -29,14 +24,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from pathlib import Path
-
 import signal
 import subprocess
-import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import modal
 
@@ -53,11 +46,10 @@ PREP_RESOURCES = {"cpu": 8.0, "memory": 32768}  # tokenizer training holds its t
 REPORT_RESOURCES = {"cpu": 2.0, "memory": 8192}
 DRIVER_RESOURCES = {"cpu": 0.25, "memory": 512}
 COPY_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-EXIT_INTERRUPTED = 130  # the node agent stopped by SIGTERM
 EXIT_NOT_STARTED = 127  # the stage could not start the node agent: a code failure, never retried
 OK_EXITS = (0, 3)  # 3: finished, but evaluation steps failed
 COMMIT_EVERY_SEC = 300
-COMMIT_TRIES = 3
+COMMIT_TRIES, COMMIT_PAUSE_SEC = 3, 5.0
 SEGMENT_GRACE_SEC = 20 * 60  # time to stop the trainer, upload what finished and commit, before the cap
 MAX_RETRIES_PER_CALL = 10  # Modal's limit on one call's retries; a longer budget re-spawns the stage
 POLL_SEC = 60.0
@@ -188,7 +180,7 @@ class Committer:
             except Exception as e:  # noqa: BLE001 - the next periodic commit, or the final checked one, catches up
                 say(f"periodic volume commit failed ({type(e).__name__}: {e})")
 
-    def final(self, pause_s: float = 5.0) -> bool:
+    def final(self) -> bool:
         self.stop.set()
         if self.volume is None:
             return True
@@ -198,7 +190,7 @@ class Committer:
                 return True
             except Exception as e:  # noqa: BLE001 - reported, tried again, then raised by the caller
                 say(f"final volume commit, try {attempt + 1} of {COMMIT_TRIES}, failed: {type(e).__name__}: {e}")
-                time.sleep(pause_s * (attempt + 1))
+                time.sleep(COMMIT_PAUSE_SEC * (attempt + 1))
         return False
 
 

@@ -159,6 +159,7 @@ def test_a_segment_ends_committed_and_its_retry_resumes(app_module, fake_runner)
 
 
 def test_a_node_failure_is_returned_not_retried_and_a_failed_commit_raises(app_module, fake_runner, monkeypatch):
+    monkeypatch.setattr(app_module, "COMMIT_PAUSE_SEC", 0.01)
     monkeypatch.setenv("EXIT", "1")
     vol = Vol()
     result = app_module.run_stage({**JOB, "segment_s": 0}, call_id="fc-2", attempts=Attempts(), volume_factory=lambda name: vol)
