@@ -84,6 +84,10 @@ class ModalBackend(Backend):
             f"record: {spec.storage}/{modal_record.record_path(spec.run_id)}",
             f"handle: {handle}",
         )
+        if self.options.save_request:  # asked for by name (--save-request): the one file prepare writes, no network
+            with open(self.options.save_request, "w") as f:
+                f.write(request.saved())
+            summary += (f"request saved: {self.options.save_request} (start it with `modal run --detach backends/modal_app.py --request {self.options.save_request}`)",)
         return Prepared(spec=spec, summary=summary, request=request, render=modal_request.render)
 
     def preflight(self, prepared: Prepared, log: Log) -> Prepared:
@@ -121,9 +125,6 @@ class ModalBackend(Backend):
     def launch(self, prepared: Prepared) -> str:
         modal = require_modal()
         request, spec = prepared.request, prepared.spec
-        if self.options.save_request:
-            with open(self.options.save_request, "w") as f:
-                f.write(request.saved())
         if request.deploy is not False:
             modal_request.deploy(request, modal)
         call = modal.Function.from_name(request.app_name, "driver", environment_name=request.environment).spawn(request.driver_argument())

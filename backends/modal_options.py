@@ -17,7 +17,7 @@ def modal_options(func):
     @click.option("--secret", "secrets", multiple=True, metavar="NAME", help="modal backend: a Modal secret whose variables the node gets (repeatable).")
     @click.option("--modal-env", default=None, envvar="MODAL_ENVIRONMENT", metavar="NAME", help="modal backend: the Modal environment (default: MODAL_ENVIRONMENT, else your profile's).")
     @click.option("--modal-retries", type=click.IntRange(0, 50), default=None, metavar="N", help="modal backend: retries for lost machines in the whole run, on top of the segments long phases need (default 3).")
-    @click.option("--save-request", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="modal backend: also write the run's request as JSON, for `modal run --detach backends/modal_app.py --request FILE`.")
+    @click.option("--save-request", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="modal backend: write the run's request as JSON (with --dry-run: only that), for `modal run --detach backends/modal_app.py --request FILE`.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

@@ -170,3 +170,26 @@ def test_a_node_failure_is_returned_not_retried_and_a_failed_commit_raises(app_m
     monkeypatch.setenv("PATH", "/nonexistent")
     missing = app_module.run_stage({**JOB, "segment_s": 0, "volume": None}, call_id="fc-4", attempts=Attempts())
     assert missing["exit_code"] == app_module.EXIT_NOT_STARTED and "runner" in missing["error"]
+
+
+def test_a_saved_request_is_what_the_sdk_accepts(app_module, tmp_path, monkeypatch):
+    """`--save-request` → JSON → (`modal run --detach ... --request`) → every stage's options through the real
+    `with_options` of the function it names, and its argv lists intact."""
+    import json
+
+    from backends.base import RunSpec
+    from backends.modal_backend import ModalBackend
+    from runner.plan import build_plan
+
+    monkeypatch.setenv("HF_TOKEN", "secret-hf-value")
+    backend = ModalBackend()
+    backend.configure(secrets=("wandb",), save_request=str(tmp_path / "run.json"))
+    backend.prepare(RunSpec(plan=build_plan("seed", "d32", gpus=1, run_id="r1"), storage="modal://vol/runs", only_phase="base"))
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert "secret-hf-value" not in json.dumps(run) and run["env_names"] == ["HF_TOKEN"]
+    driver = app_module.Driver({**run, "env": {"HF_TOKEN": "secret-hf-value"}}, {}, None, None)
+    for stage in run["stages"]:
+        options = _impl(getattr(app_module, stage["function"]).with_options(**driver.options(stage, 2)))._options
+        assert options.timeout_secs == stage["options"]["timeout"] and options.retry_policy.retries == 2
+        assert stage["job"]["argv"][:2] == ["node", "run"] and stage["job"]["argv"][-2:] == ["--only", "base"]
+    assert [s["name"] for s in run["stages"]] == ["base"] and run["stages"][0]["job"]["segment_s"] > 0
