@@ -194,7 +194,8 @@ class Committer:
         return False
 
 
-def _stop_node(node: subprocess.Popen, grace_s: float = 120.0) -> None:
+def _stop_node(node: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Only when this call is interrupted (cancelled, preempted): Modal's grace period is short, the commit follows."""
     if node.poll() is None:
         node.send_signal(signal.SIGTERM)  # the node agent stops its phase; finished checkpoints are uploaded
         try:
@@ -316,7 +317,7 @@ class Driver:
             raise
 
     def _spawn(self, stage: dict, state: dict) -> None:
-        retries = min(MAX_RETRIES_PER_CALL, state["budget_left"])
+        retries = max(0, min(MAX_RETRIES_PER_CALL, state["budget_left"]))  # restarts Modal does not count may overdraw it
         job = {**stage["job"], "argv": stage["job"]["argv"] if state["first"] else stage["job"]["continuing_argv"]}
         call = self.functions[stage["function"]].with_options(**self.options(stage, retries)).spawn(job)
         state.update(call_id=call.object_id, retries=retries)

@@ -104,10 +104,9 @@ class ModalBackend(Backend):
         for volume in request.run["volumes"].values():
             modal.Volume.from_name(volume, environment_name=request.environment, create_if_missing=True).hydrate()
             log(f"preflight: Volume {volume} ready")
-        store = modal_record.RecordStore(spec.storage)
         from runner.storage import open_storage
 
-        store._storage = open_storage(spec.storage, spec.storage_options)  # reachable and writable from here
+        store = modal_record.RecordStore(spec.storage, open_storage(spec.storage, spec.storage_options))  # reachable, writable
         existing = store.read(spec.run_id)
         if existing:
             info = modal_watch.refresh(store, existing, modal, modal_record.make_handle(spec.run_id, spec.storage))

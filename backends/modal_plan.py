@@ -1,8 +1,8 @@
 """What a run on Modal is, computed on the laptop without the SDK: its stages, each stage's call options and node
 argv, the run's retry budget, and the app that serves it.
 
-A plan becomes a few calls of the deployed app (backends/modal_app.py): `prep` runs the CPU-only phases (data
-download, tokenizer), then `gpu_phase` once per GPU phase with the plan's GPU type pinned (`H100!:8`) and CPU and
+A plan becomes a few calls of the deployed app (backends/modal_app.py): `prep` runs the CPU phases before the
+first GPU phase (data download, tokenizer; `hardware = "cpu"` in the recipe), then `gpu_phase` once per GPU phase with the plan's GPU type pinned (`H100!:8`) and CPU and
 memory sized for its ranks, then `report` on a small CPU container. Each stage runs `runner node run` on the plan
 cut after its last phase: earlier phases are skipped by their markers and the phase keys do not change.
 
@@ -26,8 +26,6 @@ from runner.storage import split_url
 from .base import BackendError, RunSpec
 from .launch import NodeCommand
 
-CPU_PHASES = ("data", "tokenizer")  # on `prep`
-REPORT_PHASES = ("report",)  # on `report`
 MODAL_CAP_SEC = 24 * 3600
 MARGIN = 1.5  # estimates are at an assumed MFU; a slow node must not be killed by its own timeout
 OVERHEAD_SEC = 20 * 60  # container start, staging in and out, torch.compile warm-up
@@ -91,11 +89,18 @@ def node_storage(storage: str) -> tuple[str, str | None]:
     )
 
 
-def _groups(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """(function, phases) in run order: the CPU phases together, each GPU phase alone, the report alone."""
-    groups = [("prep", tuple(n for n in names if n in CPU_PHASES))]
-    groups += [("report" if n in REPORT_PHASES else "gpu_phase", (n,)) for n in names if n not in CPU_PHASES]
-    return [g for g in groups if g[1]]
+def _groups(plan) -> list[tuple[str, tuple[str, ...]]]:
+    """(function, phases) in run order, from each phase's `hardware` in the recipe: the CPU phases before the first
+    GPU phase together on `prep`, each GPU phase alone on `gpu_phase`, each later CPU phase (the report) on `report`."""
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for phase in plan.phases:
+        if phase.hardware == "gpu":
+            groups.append(("gpu_phase", (phase.name,)))
+        elif not groups or groups[-1][0] == "prep":
+            groups[-1:] = [("prep", (groups[-1][1] if groups else ()) + (phase.name,))]
+        else:
+            groups.append(("report", (phase.name,)))
+    return groups
 
 
 def _stage_node(node: NodeCommand, names: list[str], phases: tuple[str, ...]) -> NodeCommand | None:
@@ -120,7 +125,7 @@ def stages(spec: RunSpec) -> list[Stage]:
     storage_url, _ = node_storage(spec.storage)
     node = spec.node_command(storage=storage_url)
     out = []
-    for function, phases in _groups(names):
+    for function, phases in _groups(plan):
         stage_node = _stage_node(node, names, phases)
         if stage_node is None:
             continue

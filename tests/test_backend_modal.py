@@ -201,3 +201,11 @@ def test_token_file_and_oauth_credentials_are_both_accepted(tmp_path):
     assert _sdk_problem_with(tmp_path, oauth) == "None"
     assert _sdk_problem_with(tmp_path, {}, "[default]\noauth_refresh_token = 'rt'\noauth_client_id = 'c'\noauth_client_secret = 's'\n") == "None"
     assert "No Modal token" in _sdk_problem_with(tmp_path, {"MODAL_TOKEN_ID": "ak-only"})
+
+
+def test_a_missing_sdk_is_the_first_error(monkeypatch):
+    from backends.modal_backend import require_modal
+
+    monkeypatch.setitem(sys.modules, "modal.config", None)
+    with pytest.raises(BackendError, match="Modal SDK is not installed"):
+        require_modal()
