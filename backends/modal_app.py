@@ -319,7 +319,14 @@ class Driver:
     def _spawn(self, stage: dict, state: dict) -> None:
         retries = max(0, min(MAX_RETRIES_PER_CALL, state["budget_left"]))  # restarts Modal does not count may overdraw it
         job = {**stage["job"], "argv": stage["job"]["argv"] if state["first"] else stage["job"]["continuing_argv"]}
-        call = self.functions[stage["function"]].with_options(**self.options(stage, retries)).spawn(job)
+        for attempt in range(3):
+            try:
+                call = self.functions[stage["function"]].with_options(**self.options(stage, retries)).spawn(job)
+                break
+            except TRANSIENT:
+                if attempt == 2:
+                    raise
+                time.sleep(COMMIT_PAUSE_SEC)
         state.update(call_id=call.object_id, retries=retries)
         state["calls"].append({"stage": stage["name"], "call_id": call.object_id, "retries": retries})
         say(f"driver: stage {stage['name']} started as call {call.object_id} ({retries} retries left in the run's budget)")

@@ -62,6 +62,9 @@ class ModalBackend(Backend):
     # -- starting a run --------------------------------------------------------------------------------------------
 
     def prepare(self, spec: RunSpec) -> Prepared:
+        if spec.gpu_ids or spec.scratch:
+            raise BackendError("--gpu-ids and --scratch choose devices and folders of a machine you own; Modal gives each stage its own.",
+                               ["Drop them for --backend modal (the plan's --gpus and --gpu-type say what each stage gets)."])
         found = modal_plan.stages(spec)
         storage_url, volume = modal_plan.node_storage(spec.storage)
         env = modal_checks.node_env(spec)
@@ -115,7 +118,7 @@ class ModalBackend(Backend):
                                      [f"Follow it: `runner logs -f '{info.handle}'`, or stop it: `runner down '{info.handle}'`.", "Or give this run another --run-id."])
         try:
             modal.Function.from_name(request.app_name, "driver", environment_name=request.environment).hydrate()
-            deploy = False
+            deploy = spec.rebuild  # --rebuild: build the image again and redeploy
         except modal.exception.NotFoundError:
             deploy = True
         log(f"preflight: app {request.app_name} " + ("to be deployed (once for this runner version and image)" if deploy else "deployed"))

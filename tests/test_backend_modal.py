@@ -76,6 +76,12 @@ def test_sub_plans_keep_the_phase_keys_so_markers_still_match():
         assert cut.phase_names()[-1] == stage.phases[-1] and markers.phase_keys(cut) == {n: full[n] for n in cut.phase_names()}
 
 
+def test_machine_options_of_owned_hosts_are_refused():
+    for kw in ({"gpu_ids": "0,1"}, {"scratch": "/data"}):
+        with pytest.raises(BackendError, match="Modal gives each stage its own"):
+            ModalBackend().prepare(spec_for(**kw))
+
+
 def test_storage_volume_mount_or_s3_and_nothing_else():
     assert modal_plan.node_storage("modal://nano-vol/runs/a") == ("/vol/nano-vol/runs/a", "nano-vol")
     assert modal_plan.node_storage("s3://bucket-1/x") == ("s3://bucket-1/x", None)

@@ -164,6 +164,9 @@ def test_launch_deploys_once_spawns_the_driver_and_records_the_run(world, monkey
     assert len(deploys) == 1 and record()["drivers"] == ["fc-driver-2"]
     first = [s for s in FakeFunction.spawned[1][2][0]["stages"] if s["name"] == "base"][0]["job"]
     assert first["argv"][-2:] == ["--from", "base"] and "--from" not in first["continuing_argv"]
+    world.results["fc-driver-2"] = {"exit_code": 0, "reason": "", "calls": [], "budget_left": 3}
+    launch(rebuild=True)  # --rebuild: the image is built again, so the app is deployed again
+    assert len(deploys) == 2
 
 
 def test_a_run_still_going_is_not_started_twice(world):
