@@ -193,3 +193,21 @@ def test_a_saved_request_is_what_the_sdk_accepts(app_module, tmp_path, monkeypat
         assert options.timeout_secs == stage["options"]["timeout"] and options.retry_policy.retries == 2
         assert stage["job"]["argv"][:2] == ["node", "run"] and stage["job"]["argv"][-2:] == ["--only", "base"]
     assert [s["name"] for s in run["stages"]] == ["base"] and run["stages"][0]["job"]["segment_s"] > 0
+
+
+def test_modal_cli_deploys_and_runs_the_file_by_hand():
+    """`modal deploy backends/modal_app.py` finds the app as Modal's CLI imports it, and `modal run --detach
+    backends/modal_app.py --request FILE` has its entrypoint (its --help needs no network)."""
+    python = OTHER_PYTHONS / "modal-py3.13" / "bin" / "python"
+    python = str(python) if python.exists() else sys.executable
+    code = ("import sys, warnings; warnings.simplefilter('ignore')\n"
+            "from modal.cli.import_refs import import_app_from_ref, parse_import_ref\n"
+            "app = import_app_from_ref(parse_import_ref(sys.argv[1]), base_cmd='modal deploy')\n"
+            "print(app.name, sorted(app.registered_functions), list(app.registered_entrypoints))")
+    out = _run_python(python, code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(" ", 1)[1].strip() == "['driver', 'gpu_phase', 'prep', 'report'] ['main']"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    helped = subprocess.run([python, "-m", "modal", "run", str(REPO / "backends" / "modal_app.py"), "--help"], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=REPO.parent)
+    assert helped.returncode == 0 and "--request" in helped.stdout, helped.stderr
