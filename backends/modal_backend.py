@@ -20,7 +20,7 @@ from typing import Iterator
 from runner.modal_fs import sdk_problem
 
 from . import local_image, modal_checks, modal_plan, modal_record, modal_request, modal_watch
-from .base import Backend, BackendError, Log, Prepared, PreflightError, RunInfo, RunSpec, State
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
 
 
 def require_modal():

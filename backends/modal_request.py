@@ -20,8 +20,6 @@ from typing import Mapping
 
 from runner import __version__
 
-from . import modal_plan
-
 APP_MODULE = Path(__file__).with_name("modal_app.py")
 PYTHON = "3.11"  # = modal_app.PYTHON
 

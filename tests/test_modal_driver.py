@@ -102,8 +102,10 @@ class SimFunction:
     def __init__(self, world, name):
         self.world, self.name = world, name
 
-    def with_options(self, *, cpu=None, memory=None, gpu=None, env=None, secrets=None, volumes={}, retries=None, max_containers=None,
-                     buffer_containers=None, scaledown_window=None, timeout=None, region=None, cloud=None, routing_region=None):
+    def with_options(self, *, cpu=None, memory=None, gpu=None, env=None, secrets=None,
+                     volumes={},  # noqa: B006 - the SDK's own default, kept so the signatures compare
+                     retries=None, max_containers=None, buffer_containers=None, scaledown_window=None, timeout=None, region=None,
+                     cloud=None, routing_region=None):
         function, options = self, {"gpu": gpu, "timeout": timeout, "retries": retries, "secrets": secrets, "volumes": volumes}
 
         class Variant:
