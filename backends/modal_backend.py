@@ -80,7 +80,7 @@ class ModalBackend(Backend):
         }
         request = modal_request.ModalRequest(app_name=modal_plan.app_name(spec, settings), environment=self.environment(),
                                              image=settings, run=run, env=env)
-        handle = modal_record.make_handle(spec.run_id, spec.storage)
+        handle = modal_record.make_handle(spec.run_id, spec.storage, self.environment())
         summary = (
             f"backend modal: run {spec.run_id}, storage {spec.storage} -> {storage_url} in the containers"
             + (f" (Volume {volume}, committed every 5 min and checked at the end of each stage)" if volume else ""),
@@ -109,11 +109,12 @@ class ModalBackend(Backend):
             log(f"preflight: Volume {volume} ready")
         from runner.storage import open_storage
 
-        store = modal_record.RecordStore(spec.storage, open_storage(spec.storage, spec.storage_options))  # reachable, writable
+        options = modal_record.storage_options(spec.storage, request.environment, spec.storage_options)
+        store = modal_record.RecordStore(spec.storage, open_storage(spec.storage, options))  # reachable and writable from here
         existing = store.read(spec.run_id)
         if existing:
-            info = modal_watch.refresh(store, existing, modal, modal_record.make_handle(spec.run_id, spec.storage))
-            if not info.state.is_terminal():
+            info = modal_watch.refresh(store, existing, modal, modal_record.make_handle(spec.run_id, spec.storage, request.environment))
+            if info.state in (State.RUNNING, State.PENDING):  # unknown: Modal no longer knows it, so it is long over
                 raise PreflightError(f"Run {spec.run_id} is still going on Modal ({info.handle}).",
                                      [f"Follow it: `runner logs -f '{info.handle}'`, or stop it: `runner down '{info.handle}'`.", "Or give this run another --run-id."])
         try:
@@ -133,23 +134,24 @@ class ModalBackend(Backend):
         stages = [{"name": s["name"], "function": s["function"], "phases": s["phases"]} for s in request.run["stages"]]
         record = modal_record.new_record(spec.run_id, request.app_name, request.environment, spec.storage, call.object_id, stages)
         try:
-            modal_record.RecordStore(spec.storage).write(record)
+            modal_record.RecordStore(spec.storage, environment=request.environment).write(record)
         except Exception:
             call.cancel(terminate_containers=True)  # a run nobody can find again must not go on
             raise
-        return modal_record.make_handle(spec.run_id, spec.storage)
+        return modal_record.make_handle(spec.run_id, spec.storage, request.environment)
 
     # -- finding a run again ---------------------------------------------------------------------------------------
 
     def _locate(self, handle: str) -> tuple[modal_record.RecordStore, dict, str]:
-        run_id, storage = modal_record.parse_handle(handle)
+        run_id, storage, environment = modal_record.parse_handle(handle)
         require_modal()
-        store = modal_record.RecordStore(storage)
+        environment = environment or os.environ.get("MODAL_ENVIRONMENT") or None
+        store = modal_record.RecordStore(storage, environment=environment)
         record = store.read(run_id)
         if record is None:
             raise BackendError(f"No Modal run {run_id!r} in {storage}.",
                                [f"`RUNNER_STORAGE={storage} runner status --backend modal` lists the Modal runs there.", "Check the run id and the storage in the handle."])
-        return store, record, modal_record.make_handle(run_id, storage)
+        return store, record, modal_record.make_handle(run_id, storage, environment)
 
     def describe(self, handle: str) -> RunInfo:
         store, record, handle = self._locate(handle)
@@ -161,10 +163,10 @@ class ModalBackend(Backend):
             raise BackendError("The Modal backend lists the runs recorded in one storage: RUNNER_STORAGE is not set.",
                                ["export RUNNER_STORAGE=modal://VOLUME/PREFIX (the --storage of your runs), then run this again."])
         modal = require_modal()
-        store = modal_record.RecordStore(storage)
+        store = modal_record.RecordStore(storage, environment=self.environment())
         out = []
         for run_id in store.run_ids():
-            handle = modal_record.make_handle(run_id, storage)
+            handle = modal_record.make_handle(run_id, storage, self.environment())
             try:
                 out.append(modal_watch.refresh(store, store.read(run_id) or {}, modal, handle))
             except Exception as e:  # noqa: BLE001 - one unreadable record must not hide the others

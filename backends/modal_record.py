@@ -6,11 +6,11 @@ hands over to a fresh one), every stage call seen, and, once known, how it ended
 Dict: a finished run's record stays readable as long as its storage, after Modal has dropped its results.
 
 The handle names the storage, so any terminal finds the record from the handle alone (no `?` or `&`: it is
-typed into shells unquoted), and the record names the Modal environment (call ids are global):
+typed into shells unquoted), and the Modal environment when the run chose one (its Volumes live there):
 
-    modal://RUN_ID@modal://VOLUME/PREFIX        modal://RUN_ID@s3://BUCKET/PREFIX
+    modal://RUN_ID@modal://VOLUME/PREFIX        modal://RUN_ID@s3://BUCKET/PREFIX        modal://RUN_ID@modal://VOL/P@ENV
 
-`modal://RUN_ID` alone reads the storage from RUNNER_STORAGE.
+`modal://RUN_ID` alone reads the storage from RUNNER_STORAGE (and the environment from MODAL_ENVIRONMENT).
 """
 
 from __future__ import annotations
@@ -28,18 +28,25 @@ RECORD_VERSION = 1
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def storage_options(storage: str, environment: str | None, options=()) -> list[str]:
+    """A modal:// storage's Volume lives in the run's Modal environment."""
+    extra = [f"environment_name={environment}"] if environment and storage.startswith("modal://") else []
+    return [*options, *extra]
+
+
 def record_path(run_id: str) -> str:
     return f"{RUNNER_DIR}/runs/{run_id}/modal.json"
 
 
-def make_handle(run_id: str, storage: str) -> str:
-    return f"modal://{run_id}@{storage}"
+def make_handle(run_id: str, storage: str, environment: str | None = None) -> str:
+    return f"modal://{run_id}@{storage}" + (f"@{environment}" if environment else "")
 
 
-def parse_handle(handle: str) -> tuple[str, str]:
-    """(run id, storage URL) from a handle or a bare run id (then the storage is RUNNER_STORAGE)."""
+def parse_handle(handle: str) -> tuple[str, str, str | None]:
+    """(run id, storage URL, Modal environment or None) from a handle or a bare run id."""
     rest = handle[len("modal://"):] if handle.startswith("modal://") else handle
     run_id, _, storage = rest.partition("@")
+    storage, _, environment = storage.partition("@")
     storage = storage or os.environ.get("RUNNER_STORAGE", "")
     if not RUN_ID_RE.match(run_id):
         raise BackendError(f"{handle!r} does not name a Modal run.", ["Use the handle `runner up --backend modal` printed: modal://RUN_ID@STORAGE."])
@@ -49,7 +56,7 @@ def parse_handle(handle: str) -> tuple[str, str]:
             ["Use the full handle `runner up` printed: modal://RUN_ID@modal://VOLUME/PREFIX, or",
              "export RUNNER_STORAGE=modal://VOLUME/PREFIX (the run's --storage) and use modal://RUN_ID."],
         )
-    return run_id, storage
+    return run_id, storage, environment or None
 
 
 def now() -> str:
@@ -59,14 +66,13 @@ def now() -> str:
 class RecordStore:
     """modal.json files in one storage."""
 
-    def __init__(self, storage_url: str, storage=None):
-        self.url = storage_url
-        self._storage = storage
+    def __init__(self, storage_url: str, storage=None, environment: str | None = None):
+        self.url, self._storage, self.environment = storage_url, storage, environment
 
     @property
     def storage(self):
         if self._storage is None:
-            self._storage = open_storage(self.url, check=False)
+            self._storage = open_storage(self.url, storage_options(self.url, self.environment), check=False)
         return self._storage
 
     def read(self, run_id: str) -> dict | None:

@@ -29,13 +29,21 @@ def refresh(store, record: dict, modal, handle: str) -> RunInfo:
         state = State.UNKNOWN
     if state.is_terminal() or not record.get("drivers"):
         return info_from(record, handle)
-    changed = False
+    changed, unreachable = False, ""
     for _ in range(MAX_HANDOVERS):
         call_id = record["drivers"][-1]
         try:
             result = modal.FunctionCall.from_id(call_id).get(timeout=0)
         except TimeoutError:
             break  # still running
+        except modal.exception.InputCancellation:
+            finish(record, {"exit_code": 130, "reason": f"driver call {call_id} was cancelled"}, cancelled=True)
+            changed = True
+            break
+        except (OSError, modal.exception.ConnectionError, modal.exception.ServiceError, modal.exception.InternalError,
+                modal.exception.AuthError) as e:  # Modal could not be asked: say so, record nothing
+            unreachable = f"Modal could not be asked ({type(e).__name__}: {e})"
+            break
         except modal.exception.OutputExpiredError:
             record["reason"] = "Modal no longer keeps the driver's result (7 days); the phases in storage tell the rest"
             record["state"] = State.UNKNOWN.value
@@ -54,11 +62,14 @@ def refresh(store, record: dict, modal, handle: str) -> RunInfo:
         finish(record, result if isinstance(result, dict) else {"exit_code": 1, "reason": f"unexpected driver result {result!r}"})
         changed = True
         break
-    if not State(record["state"]).is_terminal():
+    if not State(record["state"]).is_terminal() and not unreachable:
         changed = discover_calls(record, modal) or changed
     if changed:
         store.write(record)
-    return info_from(record, handle)
+    info = info_from(record, handle)
+    if unreachable:
+        info.detail += f"; {unreachable}"
+    return info
 
 
 def discover_calls(record: dict, modal) -> bool:

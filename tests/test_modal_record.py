@@ -153,7 +153,7 @@ def test_launch_deploys_once_spawns_the_driver_and_records_the_run(world, monkey
     monkeypatch.setattr(modal.App, "deploy", deploy)
     monkeypatch.setenv("MODAL_ENVIRONMENT", "dev")
     handle = launch()
-    assert handle == HANDLE and len(deploys) == 1 and deploys[0][0].startswith("nanochat-runner-0.1.0-") and deploys[0][1] == "dev"
+    assert handle == f"{HANDLE}@dev" and len(deploys) == 1 and deploys[0][0].startswith("nanochat-runner-0.1.0-") and deploys[0][1] == "dev"
     app_name, environment, (argument,) = FakeFunction.spawned[0]
     assert app_name == deploys[0][0] and environment == "dev" and argument["run_id"] == "r1" and argument["stages"]
     saved = record()
@@ -201,6 +201,15 @@ def test_state_follows_hand_overs_to_the_end_and_is_kept(world, token_env):
     world.results.clear()
     world.asked.clear()
     assert backend.describe(HANDLE).state == State.SUCCEEDED and world.asked == []  # the record answers; Modal is not asked
+
+
+def test_an_unreachable_modal_records_nothing_and_a_cancelled_driver_reads_cancelled(world, token_env):
+    write(base_record())
+    world.results["fc-d1"] = modal.exception.ConnectionError("network down")
+    info = ModalBackend().describe(HANDLE)
+    assert info.state == State.RUNNING and "could not be asked" in info.detail and record()["state"] == "running"
+    world.results["fc-d1"] = modal.exception.InputCancellation("cancelled")
+    assert ModalBackend().describe(HANDLE).state == State.CANCELLED and record()["state"] == "cancelled"
 
 
 def test_status_lists_finished_old_and_broken_runs_without_crashing(world, token_env, monkeypatch):
@@ -272,9 +281,10 @@ def token_env(monkeypatch):
 
 
 def test_handles_name_their_storage_and_a_bare_id_reads_runner_storage(monkeypatch):
-    assert modal_record.parse_handle("modal://r1@s3://bucket-1/x") == ("r1", "s3://bucket-1/x")
+    assert modal_record.parse_handle("modal://r1@s3://bucket-1/x") == ("r1", "s3://bucket-1/x", None)
+    assert modal_record.parse_handle(modal_record.make_handle("r1", "modal://v/p", "prod")) == ("r1", "modal://v/p", "prod")
     monkeypatch.setenv("RUNNER_STORAGE", "modal://v/p")
-    assert modal_record.parse_handle("modal://r1") == ("r1", "modal://v/p")
+    assert modal_record.parse_handle("modal://r1") == ("r1", "modal://v/p", None)
     monkeypatch.delenv("RUNNER_STORAGE")
     with pytest.raises(modal_record.BackendError, match="which storage"):
         modal_record.parse_handle("modal://r1")
