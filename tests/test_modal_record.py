@@ -289,3 +289,18 @@ def test_handles_name_their_storage_and_a_bare_id_reads_runner_storage(monkeypat
     with pytest.raises(modal_record.BackendError, match="which storage"):
         modal_record.parse_handle("modal://r1")
     assert modal_request  # the request module is what launch deploys from
+
+
+def test_the_commands_end_to_end_with_the_handle_alone(world, token_env):
+    """`runner up -d` prints the handle; `status`, `logs` and `down` work from it alone, as from another terminal."""
+    FakeFunction.deployed.add(ModalBackend().prepare(spec()).request.app_name)
+    up = CliRunner().invoke(main, ["up", "--backend", "modal", "--smoke", "--storage", STORAGE, "--run-id", "r1", "-d"])
+    assert up.exit_code == 0, up.output
+    handle = up.output.strip().splitlines()[-1]
+    assert handle == HANDLE
+    world.logs = {"fc-driver-1": [entry("fc-driver-1", 0, "driver: stage prep started as call fc-9\n")]}
+    status = CliRunner().invoke(main, ["status", handle])
+    assert status.exit_code == 0 and "state:    running" in status.output, status.output
+    assert CliRunner().invoke(main, ["logs", handle]).output == "driver: stage prep started as call fc-9\n"
+    down = CliRunner().invoke(main, ["down", handle])
+    assert down.exit_code == 0 and "cancelled" in down.output and world.cancelled == [("fc-driver-1", True)], down.output
