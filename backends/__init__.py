@@ -1,6 +1,6 @@
 """Backends: they provide GPUs, reach the storage and start `runner node run` detached.
 
-Each backend (local Docker, SSH host, Modal) implements the small interface in `backends.base`: dry-run,
+Each backend (this machine, local Docker, SSH host, Modal) implements the small interface in `backends.base`: dry-run,
 preflight, submit → handle, describe, logs (with follow) and cancel, where the handle string alone is enough to
 reattach. The node agent itself lives in `runner/` and is identical on every backend.
 
@@ -15,11 +15,12 @@ from .base import Backend, BackendError, split_handle
 
 # name -> "module:Class" (None: planned, not available in this version)
 REGISTRY: dict[str, str | None] = {
+    "here": "backends.here:HereBackend",
     "local": "backends.local:LocalBackend",
     "ssh": "backends.ssh:SSHBackend",
     "modal": "backends.modal_backend:ModalBackend",
 }
-DEFAULT = "local"
+DEFAULT = "here"
 
 _PLANNED_FIXES: dict[str, list[str]] = {}
 
@@ -37,7 +38,11 @@ def get_backend(name: str) -> Backend:
 
 
 def backend_for(run: str) -> tuple[Backend, str]:
-    """(backend, handle) for what a user typed: a handle (`local://...`) or a bare run id / name (local)."""
+    """(backend, handle) for what a user typed: a handle (`here://...`, `local://...`) or a bare run id: a run of
+    this machine when one of that id is here, else a container of the local Docker engine."""
     scheme, rest = split_handle(run)
-    backend = get_backend(scheme or DEFAULT)
+    if not scheme:
+        here = get_backend("here")
+        scheme = "here" if here.knows(rest) else "local"
+    backend = get_backend(scheme)
     return backend, backend.handle_for(rest)

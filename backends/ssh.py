@@ -10,7 +10,7 @@
    (`--image TAG` already there, or built there from this checkout); `bare` installs uv, nanochat at the pinned
    commit and the runner under ~/.nanochat-runner with the image's own docker/ scripts (ssh_install.py), once.
 4. `runner node run` starts detached in its own session with its pid, log and exit code in a run folder
-   (ssh_remote.py). The handle `ssh://user@host:port/<run id>[?identity=KEY]` is all `runner logs -f`,
+   (detached.py). The handle `ssh://user@host:port/<run id>[?identity=KEY]` is all `runner logs -f`,
    `status` and `down` need; `runner up` streams the log until the run ends, and Ctrl-C only detaches.
 5. Storage: `s3://` passes through, its AWS_* credentials sent in the run's environment through stdin (never
    on a command line, in a log or in a file on the host); a plain path is a folder on the host.
@@ -25,12 +25,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from . import local_image, ssh_docker, ssh_preflight, ssh_remote
-from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State, state_from_exit
+from . import detached, local_image, ssh_docker, ssh_preflight
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
 from .launch import ContainerLaunch, GpuRequest, NodeCommand
 from .ssh_conn import Connection, Target, known_hosts_path
 from .ssh_install import Install
 
+RUNS = detached.RunFolder("$HOME/.nanochat-runner/runs")  # on the host
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -89,7 +90,7 @@ class SSHBackend(Backend):
         target, run_id = Target.from_url(handle)
         conn = self.conn(target)
         if not run_id:
-            _, out = conn.script(ssh_remote.list_script(), timeout=60)
+            _, out = conn.script(RUNS.list_script(), timeout=60)
             runs = out.split() or ["(none)"]
             raise BackendError(f"{handle} names a host, not a run. Runs there: {', '.join(runs)}.",
                                [f"Name one: `runner status {target.url(runs[0] if runs[0] != '(none)' else 'RUN_ID')}`."])
@@ -195,67 +196,39 @@ class SSHBackend(Backend):
         if request.facts is None:
             raise BackendError("This launch has not been through preflight.", ["Run `runner up` without --dry-run."])
         env = self._env(spec)
-        files = {"meta.json": ssh_remote.meta_json(run_id=spec.run_id, storage=request.facts.paths.get("storage", spec.storage), mode=request.mode,
+        files = {"meta.json": detached.meta_json(run_id=spec.run_id, storage=request.facts.paths.get("storage", spec.storage), mode=request.mode,
                                                     started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
                                                     container=request.container.name if request.container else "")}
         if request.container is None:
             files["plan.json"] = json.dumps(spec.plan.to_dict(), indent=1)
-            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "bare", [request.install.runner_bin, *request.node.argv()])
+            files["run.sh"] = RUNS.run_sh(spec.run_id, "bare", [request.install.runner_bin, *request.node.argv()])
         else:
             env["RUNNER_PLAN_JSON"] = json.dumps(spec.plan.to_dict())
-            files["run.sh"] = ssh_remote.run_sh(spec.run_id, "docker", ssh_docker.run_argv(request.container), sorted(env))
-        code, out = self.conn(request.target).script(ssh_remote.launch_script(spec.run_id, files, env), timeout=120)
+            files["run.sh"] = RUNS.run_sh(spec.run_id, "docker", ssh_docker.run_argv(request.container), sorted(env))
+        code, out = self.conn(request.target).script(RUNS.launch_script(spec.run_id, files, env), timeout=120)
         if code or "pid=" not in out:
             raise BackendError(f"Starting the run on {request.target} failed (exit {code}): {out.strip()[-500:]}",
                                ["Check the free disk in the home folder on the host, then run this again."])
         return request.target.url(spec.run_id)
 
     def _describe(self, target: Target, conn: Connection, run_id: str) -> RunInfo | None:
-        _, out = conn.script(ssh_remote.describe_script(run_id), timeout=60)
-        facts = ssh_remote.parse_lines(out)
-        if facts.get("missing") or "alive" not in facts:
-            return None
-        meta = json.loads(facts.get("meta") or "{}")
-        exit_code = int(facts["exit"]) if facts.get("exit", "").lstrip("-").isdigit() else None
-        if facts["alive"] == "1":
-            state = State.RUNNING
-        elif exit_code is None:
-            state = State.FAILED  # no exit code and no process: the host rebooted, or the run was killed from outside
-        else:
-            state = state_from_exit(exit_code, cancelled=bool(facts.get("cancelled")))
-        detail = f"{meta.get('mode', '?')} mode on {target}, " + (f"pid {facts.get('pid')}" if state == State.RUNNING else
-                                                                   f"run folder ~/.nanochat-runner/runs/{run_id}")
-        return RunInfo(handle=target.url(run_id), run_id=run_id, state=state, exit_code=exit_code if state.is_terminal() else None,
-                       started_at=meta.get("started_at", ""), finished_at=facts.get("finished", ""),
-                       storage=meta.get("storage", ""), detail=detail)
+        return detached.describe(conn, RUNS, run_id, target.url(run_id), str(target))
 
     def describe(self, handle: str) -> RunInfo:
         target, conn, run_id = self._locate(handle)
-        info = self._describe(target, conn, run_id)
-        if info is None:
-            raise BackendError(f"No run {run_id!r} on {target}.", [f"`runner status {target.url()}` lists the runs there.",
-                                                                   "A run removed with `runner down` is gone (its storage is not)."])
-        return info
+        return detached.require(self._describe(target, conn, run_id), run_id, str(target), f"`runner status {target.url()}` lists the runs there.")
 
     def list_runs(self) -> list[RunInfo]:
         target = self.target()
         conn = self.conn(target)
-        _, out = conn.script(ssh_remote.list_script(), timeout=60)
-        return [info for run_id in out.split() if (info := self._describe(target, conn, run_id))]
+        return [info for run_id in detached.list_ids(conn, RUNS) if (info := self._describe(target, conn, run_id))]
 
     def logs(self, handle: str, follow: bool = False, tail: int | None = None) -> Iterator[str]:
         _, conn, run_id = self._locate(handle)
         self.describe(handle)  # a clear error for an unknown run
-        yield from conn.stream(ssh_remote.logs_command(run_id, follow, tail))
+        yield from detached.logs(conn, RUNS, run_id, follow, tail)
 
     def cancel(self, handle: str, grace_sec: float = 60.0) -> RunInfo:
         info = self.describe(handle)
-        target, conn, run_id = self._locate(handle)
-        meta_mode = "docker" if info.detail.startswith("docker") else "bare"
-        code, out = conn.script(ssh_remote.cancel_script(run_id, meta_mode, f"nanochat-{run_id}", grace_sec), timeout=grace_sec + 120)
-        facts = ssh_remote.parse_lines(out)
-        exit_code = int(facts["exit"]) if facts.get("exit", "").lstrip("-").isdigit() else None
-        if info.state == State.RUNNING:
-            info.state = state_from_exit(exit_code, cancelled=True) if exit_code not in (0, 3) else state_from_exit(exit_code)
-        info.exit_code = exit_code
-        return info
+        _, conn, _ = self._locate(handle)
+        return detached.cancel(conn, RUNS, info, grace_sec)

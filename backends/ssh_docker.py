@@ -3,7 +3,7 @@
 The image is one already there (`--image TAG`, e.g. loaded with `docker save TAG | ssh HOST docker load`) or
 built there from this checkout's Dockerfile (the context is uploaded). A throwaway container with the run's GPU
 request proves the engine can give GPUs, as the local backend's probe does. The run is `docker run -i --rm`
-started by the run's detached wrapper (ssh_remote.py), which pipes the node's environment into it: nothing
+started by the run's detached wrapper (detached.py), which pipes the node's environment into it: nothing
 secret is in the container's config on the host.
 """
 
@@ -13,7 +13,7 @@ from . import local_image, preflight
 from .base import Log, PreflightError, RunSpec
 from .launch import ContainerLaunch, GpuRequest, Mount, NodeCommand, docker_run_argv
 from .ssh_conn import Connection, q
-from .ssh_remote import CONTAINER_ENV_READER
+from .detached import CONTAINER_ENV_READER
 
 CONTAINER_STORAGE, CONTAINER_SCRATCH = "/storage", "/scratch"
 

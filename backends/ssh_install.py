@@ -129,6 +129,7 @@ class Install:
             "UV_PYTHON_INSTALL_DIR": f"{self.rh}/python", "INSTALL_UV_CACHE_DIR": f"{self.rh}/tmp/uv-cache",
             "NANOCHAT_FROM": f"{upload}/nanochat-src" if self.nanochat_src else "",
             "WHEELS": f"{upload}/wheelhouse" if self.wheelhouse else "",
+            "NANOCHAT_OPEN_TO_ALL": "0",  # a checkout in the user's home stays the user's (the image opens its own to every uid)
         }
         lines = ["set -euo pipefail"] + [f'export {k}="{v}"' for k, v in env.items()]
         lines += ['mkdir -p "$RH/bin" "$RH/installed" "$RH/nanochat" "$RH/runner"']
@@ -138,8 +139,7 @@ class Install:
             lines.append(f'bash {q(upload)}/docker/install-uv.sh')
         if any(p.startswith("nanochat") for p in missing):
             lines += ['rm -rf "$NANOCHAT_DIR"', f'bash {q(upload)}/docker/install-nanochat.sh',
-                      # install-nanochat.sh opens the checkout to every uid (the image's needs); in a home, the user's own suffices.
-                      'chmod 755 "$NANOCHAT_DIR"', f'touch "$RH/installed/nanochat-{self.nanochat_key}"']
+                      f'touch "$RH/installed/nanochat-{self.nanochat_key}"']
         if any(p.startswith("runner") for p in missing):
             lines += ['rm -rf "$RUNNER_VENV"', f'bash {q(upload)}/docker/install-runner.sh', f'touch "$RH/installed/runner-{self.runner_key}"']
         lines.append(f"rm -rf {q(upload)}")

@@ -6,6 +6,8 @@
 #   NANOCHAT_REF      the commit to check out: the `seed` recipe's pin          (a1ccb3d...)
 #   NANOCHAT_REPO     where to clone it from
 #   NANOCHAT_FROM     a local folder to copy nanochat from instead of cloning (empty: clone)
+#   NANOCHAT_EXTRA    nanochat's torch extra: gpu (CUDA 12.8) or cpu                        (gpu)
+#   NANOCHAT_OPEN_TO_ALL  1: the checkout is writable by every uid (the image runs as the caller's uid)  (1)
 #   RUNNER_SRC        the runner's source (pyproject.toml, runner/, backends/)
 #   RUNNER_VENV       the runner's own venv                                     (/opt/runner)
 #   RUNNER_BIN_DIR    where the `runner` command is linked                      (/usr/local/bin)
@@ -17,6 +19,8 @@ NANOCHAT_DIR=${NANOCHAT_DIR:-/opt/nanochat}
 NANOCHAT_REF=${NANOCHAT_REF:-a1ccb3dc0b7095620751498b8652a6d6647d8c01}
 NANOCHAT_REPO=${NANOCHAT_REPO:-https://github.com/karpathy/nanochat.git}
 NANOCHAT_FROM=${NANOCHAT_FROM:-}
+NANOCHAT_EXTRA=${NANOCHAT_EXTRA:-gpu}
+NANOCHAT_OPEN_TO_ALL=${NANOCHAT_OPEN_TO_ALL:-1}
 RUNNER_SRC=${RUNNER_SRC:-/opt/build/runner}
 RUNNER_VENV=${RUNNER_VENV:-/opt/runner}
 RUNNER_BIN_DIR=${RUNNER_BIN_DIR:-/usr/local/bin}

@@ -3,8 +3,9 @@
 #
 # 1. Source: cloned from NANOCHAT_REPO at NANOCHAT_REF, or copied from NANOCHAT_FROM (offline builds, forks, the
 #    tests' double). A copy without .git gets the commit written into .nanochat-commit, which the node agent reads.
-# 2. venv: `uv sync --extra gpu --frozen`: torch for CUDA 12.8 and the rest exactly as uv.lock pins them, with the
-#    Python of .python-version. A checkout without uv.lock installs its requirements.txt instead.
+# 2. venv: `uv sync --extra $NANOCHAT_EXTRA --frozen`: torch for CUDA 12.8 (gpu) or the CPU build (cpu) and the rest
+#    exactly as uv.lock pins them, with the Python of .python-version. A checkout without uv.lock installs its
+#    requirements.txt instead.
 # 3. Rust BPE tokenizer: the `rustbpe` wheel the lock pins; only a pin that carries rustbpe/ as source (older
 #    nanochat) is built with maturin, and only then is a Rust toolchain installed (and removed again).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -43,8 +44,8 @@ cd "$NANOCHAT_DIR"
 
 # -- 2. venv ----------------------------------------------------------------------------------------------------
 if [[ -f uv.lock ]]; then
-    log "uv sync --extra gpu --frozen (python $(cat .python-version 2>/dev/null || echo 'from pyproject'))"
-    uv sync --extra gpu --frozen
+    log "uv sync --extra $NANOCHAT_EXTRA --frozen (python $(cat .python-version 2>/dev/null || echo 'from pyproject'))"
+    uv sync --extra "$NANOCHAT_EXTRA" --frozen
 elif [[ -f requirements.txt ]]; then
     log "no uv.lock: installing requirements.txt into .venv"
     uv venv --quiet --python "${NANOCHAT_PYTHON:-3}" .venv
@@ -70,7 +71,8 @@ fi
 
 # Precompiled bytecode: at run time the checkout may be read-only for the user the container runs as.
 .venv/bin/python -m compileall -q -x '/\.venv/' . >/dev/null || true
-# The report step copies report.md into the working directory (the checkout), whatever the container's uid.
-chmod 1777 "$NANOCHAT_DIR"
+# The report step copies report.md into the working directory (the checkout), whatever the container's uid. A
+# checkout in a user's own cache (the runner provisioning it) stays the user's.
+if [[ $NANOCHAT_OPEN_TO_ALL == 1 ]]; then chmod 1777 "$NANOCHAT_DIR"; fi
 rm -rf "$UV_CACHE_DIR"
 log "nanochat $(cat .nanochat-commit 2>/dev/null || git rev-parse --short HEAD) ready at $NANOCHAT_DIR"

@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import PlanError, RunnerError
 from .nanochat_env import locate, phase_env
 from .process import run_interactive
+from .provision import nanochat_dir as provisioned_dir
 from .recipes import check_args, load_recipe
 from .resume import stage_newest_complete
 from .runlogs import load_run
@@ -52,7 +53,7 @@ def chat(run_id: str, storage_url: str, storage_options, nanochat_dir, python, s
     if web and not recipe.get("has_chat_web"):
         raise PlanError(f"Recipe {plan.recipe!r} (nanochat {plan.commit[:7]}) has no chat web UI: upstream removed it.",
                         ["Chat in the terminal instead: drop --web (add -p PROMPT for one answer)."])
-    nanochat = locate(nanochat_dir, python, plan.commit, plan.recipe)
+    nanochat = locate(provisioned_dir(nanochat_dir, plan, log=log), python, plan.commit, plan.recipe)
     name, rel = pick_source(storage, plan, source)
     base, cache = scratch / "base", scratch / "cache"
     state = SyncState(scratch)

@@ -70,6 +70,8 @@ def _phase_hours(phase, plan, flops_per_second: float) -> float:
     """Hours of one phase by the cost model its recipe names (`cost` in the phase's table)."""
     a = prices()["assumptions"]
     cost, params = phase.cost, plan.shape["params_matmul"]
+    if plan.smoke and not plan.on_gpus:
+        return cost.get("rehearsal_minutes", cost.get("smoke_minutes", 1.0)) / 60
     if plan.smoke:
         return cost.get("smoke_minutes", 1.0) / 60
     evals = _gpu_hours_to_hours(cost.get("eval_gpu_hours_at_d20", 0.0), params, plan.gpus)
@@ -91,7 +93,8 @@ def estimate_phases(plan) -> list[PhaseEstimate]:
     gpu = gpu_facts(plan.gpu_type)
     flops_per_second = plan.gpus * gpu["peak_bf16_tflops"] * 1e12 * prices()["assumptions"]["mfu"]
     # The whole node is billed while any phase runs, including the CPU-bound data and tokenizer phases.
-    return [PhaseEstimate(phase.name, _phase_hours(phase, plan, flops_per_second), plan.gpus) for phase in plan.phases]
+    billed = plan.gpus if plan.on_gpus else 0  # the rehearsal rents nothing
+    return [PhaseEstimate(phase.name, _phase_hours(phase, plan, flops_per_second), billed) for phase in plan.phases]
 
 
 def assumptions(plan) -> list[str]:
@@ -108,6 +111,9 @@ def assumptions(plan) -> list[str]:
         f"{gpu['memory_gib']} GB per GPU)",
         "every phase bills all GPUs of the node; prices per GPU-hour from " + str(PRICES_FILE),
     ]
+    if plan.smoke and not plan.on_gpus:
+        return ["rehearsal: minutes per phase as measured with the real nanochat on a 2-core x86 machine (one thread per "
+                "process, as nanochat sets OMP_NUM_THREADS=1); nothing is billed"]
     if plan.smoke:
         lines.insert(0, "smoke: fixed minutes per phase, dominated by torch.compile warm-up, not by FLOPs")
     return lines

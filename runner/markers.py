@@ -51,6 +51,10 @@ def phase_keys(plan) -> dict[str, str]:
             "makes": phase.makes,
             "deps": {d: keys[d] for d in deps[phase.name]},
         }
+        if plan.device != "cuda" and phase.hardware == "gpu":
+            # A rehearsal's model is not the GPU run's (other kernels, no torch.compile on some devices): it never
+            # stands in for it. CPU phases (shards, tokenizer) are the same wherever they ran.
+            payload["device"] = plan.device
         keys[phase.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return keys
 

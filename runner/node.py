@@ -20,6 +20,7 @@ from .context import RunContext, RunLedger, StepResult, check_run_id, check_scra
 from .errors import PhaseFailed, PlanError, PreseedError
 from .nanochat_env import locate
 from .process import LogSink
+from .provision import nanochat_dir
 from .publish import CheckpointPublisher
 from .recipes import load_recipe
 from .resume import stage_newest_complete
@@ -57,7 +58,7 @@ def run_node(plan, options: NodeOptions) -> int:
     _check_phase_names(plan, options)
     plan.check()  # every command against the pin's flag table, wherever the plan came from
     storage = open_storage(options.storage, options.storage_options)
-    nanochat = locate(options.nanochat_dir, options.python, plan.commit, plan.recipe)
+    nanochat = locate(nanochat_dir(options.nanochat_dir, plan, log=say), options.python, plan.commit, plan.recipe)
     ctx = RunContext.build(plan, options, storage, nanochat)
     check_scratch_space(ctx.scratch, plan)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -262,7 +263,7 @@ class NodeAgent:
     def run(self) -> int:
         ctx = self.ctx
         ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
-        say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.gpus} GPU(s); storage {ctx.storage.url}; scratch {ctx.scratch}")
+        say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")
         try:
             selected = self.select()
             self.preseed(selected)

@@ -13,7 +13,7 @@ def print_plan(plan, console: Console | None = None) -> None:
     shape = plan.shape
     console.print(
         f"[bold]{plan.model}[/] with recipe [bold]{plan.recipe}[/] (nanochat {plan.commit[:7]}) on "
-        f"{plan.gpus}× {plan.gpu_type}: depth {plan.depth}, {shape['params_total'] / 1e6:,.0f}M parameters, "
+        f"{plan.where()}: depth {plan.depth}, {shape['params_total'] / 1e6:,.0f}M parameters, "
         + (f"{shape['training_tokens'] / 1e9:,.2f}B training tokens, {plan.data['shards']} shards" if not plan.smoke
            else f"smoke sizes (a few steps per phase), {plan.data['shards']} shards")
     )

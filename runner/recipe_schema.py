@@ -40,10 +40,10 @@ REQUIRED_PHASE = ("name", "needs", "makes", "step", "hardware", "cost")
 COST: dict[str, Kind] = {
     "model": ("download", "tokenizer", "base_training", "training_tokens", "gpu_hours", "fixed"),
     "tokens": (int, float), "gpu_hours_at_d20": (int, float), "eval_gpu_hours_at_d20": (int, float),
-    "minutes": (int, float), "smoke_minutes": (int, float),
+    "minutes": (int, float), "smoke_minutes": (int, float), "rehearsal_minutes": (int, float),
 }
 STEP: dict[str, Kind] = {
-    "name": str, "module": str, "args": [str], "smoke": [str], "gpus": ("all",), "critical": bool, "uses": [str],
+    "name": str, "module": str, "args": [str], "smoke": [str], "rehearsal": [str], "gpus": ("all",), "critical": bool, "uses": [str],
     "offline": ("fail", "skip", "without"), "without": [str], "verify": ("shards",), "skip_if": ("shards",),
     "resume_flag": str, "checkpoints": str, "compiles": bool,
 }
@@ -113,7 +113,7 @@ def _placeholder_problems(recipe: dict) -> list[str]:
         texts = [*phase.get("needs", []), *phase.get("makes", []), *phase.get("prestage", [])]
         for step in phase.get("step", []):
             if isinstance(step, dict):
-                texts += [*step.get("args", []), *step.get("smoke", []), *step.get("without", []), step.get("checkpoints", "")]
+                texts += [*step.get("args", []), *step.get("smoke", []), *step.get("rehearsal", []), *step.get("without", []), step.get("checkpoints", "")]
         used |= {m for t in texts if isinstance(t, str) for m in re.findall(r"\{(\w+)\}", t)}
     problems += [f"placeholder {{{name}}} is used but not declared in [placeholders] identity or runtime" for name in sorted(used - identity - runtime)]
     return problems

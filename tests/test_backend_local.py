@@ -242,7 +242,7 @@ def test_preflight_stops_when_the_storage_disk_is_too_small(docker_env, runner_i
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True, timeout=30)
     try:
-        result = runner(docker_env, "up", "--smoke", "--storage", str(small / "storage"), "--image", runner_image, "--run-id", "tiny-disk")
+        result = runner(docker_env, "up", "--backend", "local", "--smoke", "--storage", str(small / "storage"), "--image", runner_image, "--run-id", "tiny-disk")
     finally:
         subprocess.run(["umount", str(small)], check=True, timeout=30)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -43,7 +43,7 @@ def test_unknown_backend_and_unknown_scheme():
 
 def test_dry_run_shows_the_container_and_hides_secret_values(tmp_path):
     env = {"WANDB_API_KEY": "secret-wandb", "AWS_SECRET_ACCESS_KEY": "secret-aws", "DOCKER_HOST": "unix:///nowhere.sock"}
-    result = invoke("up", "--smoke", "--storage", str(tmp_path / "s"), "--run-id", "dry", "--gpu-ids", "2", "-e", "EXTRA=x", "--dry-run", env=env)
+    result = invoke("up", "--backend", "local", "--smoke", "--storage", str(tmp_path / "s"), "--run-id", "dry", "--gpu-ids", "2", "-e", "EXTRA=x", "--dry-run", env=env)
     assert result.exit_code == 0, result.output
     out = result.output
     # Device 2 (not a count of 2): docker reads --gpus as CSV, so a device list is quoted as the launch gets it.
@@ -56,7 +56,7 @@ def test_dry_run_shows_the_container_and_hides_secret_values(tmp_path):
 
 def test_s3_storage_passes_through_with_credentials_and_loopback_gets_host_networking():
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://127.0.0.1:8333"}
-    result = invoke("up", "--model", "d20", "--storage", "s3://bucket-1/run", "--run-id", "s3run", "--dry-run", env=env)
+    result = invoke("up", "--backend", "local", "--model", "d20", "--storage", "s3://bucket-1/run", "--run-id", "s3run", "--dry-run", env=env)
     assert result.exit_code == 0, result.output
     assert "--gpus=8" in result.output and "--network=host" in result.output
     assert "--env=AWS_ACCESS_KEY_ID --env=AWS_SECRET_ACCESS_KEY --env=AWS_ENDPOINT_URL" in result.output
@@ -75,7 +75,7 @@ def test_s3_storage_passes_through_with_credentials_and_loopback_gets_host_netwo
     ],
 )
 def test_bad_up_input_is_a_message_with_a_fix(args, message):
-    result = invoke("up", "--smoke", "--dry-run", *args)
+    result = invoke("up", "--backend", "local", "--smoke", "--dry-run", *args)
     assert result.exit_code == 1, result.output
     assert message in result.output and "To fix:" in result.output
 

@@ -21,12 +21,12 @@ def node():
 @click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="Where everything lives: a path, file://, s3://bucket/prefix or memory://.")
 @storage_option
 @click.option("--nanochat-dir", envvar="NANOCHAT_DIR", default=None, help="The nanochat checkout (default: $NANOCHAT_DIR, set by the image).")
-@click.option("--python", "python_exe", default=None, help="Interpreter with nanochat's dependencies (default: the checkout's .venv).")
+@click.option("--python", "python_exe", envvar="RUNNER_NANOCHAT_PYTHON", default=None, help="Interpreter with nanochat's dependencies (default: the checkout's .venv; env RUNNER_NANOCHAT_PYTHON).")
 @click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Fast local disk for NANOCHAT_BASE_DIR and caches (default: /scratch if writable, else a temp dir).")
 @click.option("--run-id", default=None, help="Name of this run in storage (default: the plan's).")
 @node_options
-def run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min, storage, storage_options,
-        nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase, fresh, heartbeat_sec):
+def run(plan_file, plan_json, storage, storage_options, nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase,
+        fresh, heartbeat_sec, **params):
     """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
     from ..node import NodeOptions, run_node
     from ..plan import Plan
@@ -36,7 +36,7 @@ def run(plan_file, plan_json, recipe, model, depth, gpus, gpu_type, with_rl, wan
     elif plan_json:
         the_plan = Plan.parse(plan_json, "RUNNER_PLAN_JSON")
     else:
-        the_plan = make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min, run_id=run_id)
+        the_plan = make_plan(**params, run_id=run_id)
     options = NodeOptions(
         storage=storage,
         storage_options=list(storage_options),

@@ -27,6 +27,7 @@ def _stack(*decorators):
 plan_options = _stack(
     click.option("--recipe", default="seed", show_default=True, help="nanochat pin: seed (a1ccb3d) or latest (92d63d4)."),
     click.option("--model", default=None, help="d12, d20, d26, d32 or smoke (default: the recipe's, d20 for seed)."),
+    click.option("--smoke", is_flag=True, help="Same as --model smoke: every phase at tiny sizes, in minutes (on a machine without NVIDIA GPUs: the CPU rehearsal)."),
     click.option("--depth", type=int, default=None, help="Any other depth instead of --model."),
     click.option("--gpus", type=int, default=None, help="GPUs per node: 1, 2, 4 or 8 (default 8; smoke: 1)."),
     click.option("--gpu-type", default="H100", show_default=True, help="H100, H200, A100-80GB or B200 (prices.toml)."),
@@ -34,6 +35,8 @@ plan_options = _stack(
     click.option("--wandb-run", default=None, help="W&B run name (default: the run id when WANDB_API_KEY is set, else dummy)."),
     click.option("--checkpoint-every-min", type=float, default=30.0, show_default=True,
                  help="Minutes of base training between checkpoints (derived --save_every)."),
+    click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True,
+                 help="cuda: NVIDIA GPUs; cpu/mps: the rehearsal (smoke only); auto: a smoke run plans for what this machine has."),
 )
 
 node_options = _stack(
@@ -49,14 +52,27 @@ storage_option = click.option("--storage-option", "storage_options", multiple=Tr
                               help="fsspec option, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable).")
 
 
-def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min=30.0, run_id=None):
-    """Build a plan. The W&B run is named after the run id (the one given, or the plan's new one) when a W&B key is
-    present, else disabled ("dummy"); the name is a runtime value, so it never changes a phase's identity."""
+def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min=30.0, run_id=None, smoke=False,
+              device="auto", on_this_machine=True):
+    """Build a plan. `--smoke` is `--model smoke`. `device` auto: a smoke run on this machine plans for what it has
+    (NVIDIA GPUs, else the CPU/MPS rehearsal); anything else, or a run elsewhere, plans for NVIDIA GPUs. The W&B run
+    is named after the run id (the one given, or the plan's new one) when a W&B key is present, else disabled
+    ("dummy"); the name is a runtime value, so it never changes a phase's identity."""
+    from ..errors import PlanError
     from ..plan import build_plan
 
+    if smoke:
+        if model not in (None, "smoke") or depth is not None:
+            raise PlanError("--smoke is the smoke model; it cannot be combined with --model or --depth.", ["Drop --smoke or the other option."])
+        model = "smoke"
+    if device == "auto":
+        from ..devices import local_device
+
+        device = local_device() if model == "smoke" and on_this_machine else "cuda"
     if wandb_run is None and not os.environ.get("WANDB_API_KEY"):
         wandb_run = "dummy"  # nanochat's name for "no W&B"
-    return build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, run_id=run_id, checkpoint_every_min=checkpoint_every_min)
+    return build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, run_id=run_id,
+                      checkpoint_every_min=checkpoint_every_min, device=device)
 
 
 def pairs(values: tuple[str, ...], what: str, from_env: bool = False) -> dict[str, str]:

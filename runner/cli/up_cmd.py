@@ -36,12 +36,12 @@ def _with(options):
     return apply
 
 
-@click.command(short_help="Start a run on a backend (local Docker) and stream its output; Ctrl-C detaches.")
-@click.option("--backend", "backend_name", default="local", show_default=True, help="Where to run: local (Docker here), ssh (a GPU host over SSH) or modal.")
+@click.command(short_help="Start a run (on this machine, or a backend) and stream its output; Ctrl-C detaches.")
+@click.option("--backend", "backend_name", default="here", show_default=True,
+              help="Where to run: here (this machine, no Docker), local (Docker here), ssh (a GPU host over SSH) or modal.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json` instead of the plan options.")
 @plan_options
-@click.option("--smoke", is_flag=True, help="Same as --model smoke: minutes on one GPU through every phase.")
-@click.option("--storage", required=True, envvar="RUNNER_STORAGE", help="A folder on this machine (bind-mounted) or s3://bucket/prefix.")
+@click.option("--storage", default="./storage", show_default=True, envvar="RUNNER_STORAGE", help="A folder on this machine, or s3://bucket/prefix.")
 @storage_option
 @click.option("--run-id", default=None, help="Name of the run (default: a new one); also the W&B run name when WANDB_API_KEY is set. Reusing one continues it.")
 @node_options
@@ -55,20 +55,15 @@ def _with(options):
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Extra variable for the node; KEY alone takes this shell's value.")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would be built and started; do nothing.")
 @click.option("-d", "--detach", is_flag=True, help="Return once the run has started instead of streaming it.")
-def up(backend_name, plan_file, smoke, storage, storage_options, run_id, offline, force, from_phase, only_phase, fresh,
+def up(backend_name, plan_file, storage, storage_options, run_id, offline, force, from_phase, only_phase, fresh,
        heartbeat_sec, image, rebuild, build_context, build_args, gpu_ids, scratch, env, dry_run, detach, **params):
     """Run the speedrun on a backend: prepare the launch, preflight the machine, start `runner node run` detached,
     and stream its output until it ends. Ctrl-C detaches; the run goes on."""
     from backends import get_backend
     from backends.base import RunSpec
 
-    from ..errors import PlanError
     from ..plan import Plan
 
-    if smoke:
-        if params.get("model") not in (None, "smoke") or params.get("depth") is not None:
-            raise PlanError("--smoke is the smoke model; it cannot be combined with --model or --depth.", ["Drop --smoke or the other option."])
-        params["model"] = "smoke"
     ssh = {key: params.pop(key, None) for key in SSH_KEYS}
     backend = get_backend(backend_name)
     if backend_name == "ssh":
@@ -80,7 +75,7 @@ def up(backend_name, plan_file, smoke, storage, storage_options, run_id, offline
         if run_id:
             the_plan.run_id = run_id
     else:
-        the_plan = make_plan(**params, run_id=run_id)
+        the_plan = make_plan(**params, run_id=run_id, on_this_machine=backend_name == "here")
     spec = RunSpec(
         plan=the_plan, storage=storage, storage_options=list(storage_options),
         offline=offline, force=force, fresh=fresh, from_phase=from_phase, only_phase=only_phase, heartbeat_sec=heartbeat_sec,

@@ -57,7 +57,7 @@ def logs(run, follow, tail):
 
 @click.command(short_help="Show runs and their state (and, with RUN, its phases from storage).")
 @click.argument("run", required=False)
-@click.option("--backend", "backend_name", default="local", show_default=True, help="Backend whose runs to list (without RUN).")
+@click.option("--backend", "backend_name", default="here", show_default=True, help="Backend whose runs to list (without RUN).")
 @click.option("--json", "as_json", is_flag=True, help="With RUN: print the backend's view and the live status as JSON.")
 def status(run, backend_name, as_json):
     """Without RUN: every run the backend knows. With RUN: its state, progress, cost so far and phases from storage."""

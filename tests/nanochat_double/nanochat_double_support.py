@@ -205,11 +205,16 @@ class Ctx:
         return int(env_float("NANOCHAT_DOUBLE_MAX_STEPS", 20))
 
     def device_type(self, requested=""):
-        # the double pretends autodetection finds CUDA, as on the GPU box the runner targets
+        # nanochat autodetects cuda, then mps, then cpu from what torch finds; the double takes what torch would
+        # find from NANOCHAT_DOUBLE_DEVICE (default: cuda, the GPU box the runner targets).
         if requested:
             return requested
-        self.print0("Autodetected device type: cuda")
-        return "cuda"
+        device = os.environ.get("NANOCHAT_DOUBLE_DEVICE", "cuda")
+        self.print0(f"Autodetected device type: {device}")
+        if device != "cuda" and self.world_size > 1:
+            # nanochat starts a process group only on CUDA: several ranks would each train alone.
+            raise SystemExit(f"the {device} device runs one process; launch with python -m, not torchrun ({self.world_size} ranks)")
+        return device
 
     def compute_init(self, requested=""):
         device = self.device_type(requested)
