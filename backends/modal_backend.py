@@ -65,6 +65,9 @@ class ModalBackend(Backend):
         if spec.gpu_ids or spec.scratch:
             raise BackendError("--gpu-ids and --scratch choose devices and folders of a machine you own; Modal gives each stage its own.",
                                ["Drop them for --backend modal (the plan's --gpus and --gpu-type say what each stage gets)."])
+        if getattr(spec.plan, "device", "cuda") != "cuda":
+            raise BackendError(f"This plan is the {spec.plan.device.upper()} rehearsal; Modal runs plans for NVIDIA GPUs.",
+                               ["Run the rehearsal here: `runner up --smoke` (--backend here), or plan for GPUs: --device cuda."])
         found = modal_plan.stages(spec)
         storage_url, volume = modal_plan.node_storage(spec.storage)
         env = modal_checks.node_env(spec)

@@ -76,10 +76,13 @@ def test_sub_plans_keep_the_phase_keys_so_markers_still_match():
         assert cut.phase_names()[-1] == stage.phases[-1] and markers.phase_keys(cut) == {n: full[n] for n in cut.phase_names()}
 
 
-def test_machine_options_of_owned_hosts_are_refused():
+def test_machine_options_of_owned_hosts_and_the_cpu_rehearsal_are_refused():
     for kw in ({"gpu_ids": "0,1"}, {"scratch": "/data"}):
         with pytest.raises(BackendError, match="Modal gives each stage its own"):
             ModalBackend().prepare(spec_for(**kw))
+    rehearsal = RunSpec(plan=build_plan("seed", "smoke", gpus=1, run_id="r1", device="cpu"), storage="modal://v/x")
+    with pytest.raises(BackendError, match="CPU rehearsal"):
+        ModalBackend().prepare(rehearsal)
 
 
 def test_storage_volume_mount_or_s3_and_nothing_else():
