@@ -218,3 +218,23 @@ def test_a_missing_sdk_is_the_first_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "modal.config", None)
     with pytest.raises(BackendError, match="Modal SDK is not installed"):
         require_modal()
+
+
+def test_the_up_options_configure_the_backend():
+    """backends/modal_options.py as `runner up` wires it: repeatable --secret, --modal-env, --modal-retries."""
+    import click
+
+    from backends.modal_options import MODAL_KEYS, modal_options
+
+    seen = {}
+
+    @click.command()
+    @modal_options
+    def up(**params):
+        backend = ModalBackend()
+        backend.configure(**{key: params.pop(key, None) for key in MODAL_KEYS})
+        seen.update(vars(backend.options))
+
+    result = CliRunner().invoke(up, ["--secret", "hf", "--secret", "wandb", "--modal-env", "prod", "--modal-retries", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"secrets": ("hf", "wandb"), "modal_env": "prod", "spare_retries": 2, "save_request": None}
