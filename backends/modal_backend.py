@@ -1,33 +1,26 @@
-"""The Modal backend: `runner up --backend modal` deploys one app per run, built from this repository's
-Dockerfile, and starts its driver detached (`spawn`), so the run outlives the laptop.
+"""The Modal backend: `runner up --backend modal` calls the deployed app of this runner version (modal_app.py,
+deployed when missing), so the run outlives the laptop; `runner logs/status/down` find it again from its handle.
 
-The app: the image from the same Dockerfile with the same build arguments (or `--image` from a registry), a CPU
-stage for data and tokenizer, one GPU function per later phase (GPU type pinned, count from the plan, timeout
-from the estimate; see modal_plan.py), `modal.Retries` on every stage for preemption (the node agent resumes
-from the newest complete checkpoint), storage on a Volume mounted at /vol or on S3, and secrets from the
-variables forwarded here, a `.env` file, and the Modal secrets named in RUNNER_MODAL_SECRETS. A small Modal
-Dict keeps run id → driver call, so `runner logs/status/down modal://RUN` work from any terminal; logs come from
-the node agent's log files in storage. This module only adapts; what it hands the SDK is computed in
-modal_plan.py and tested there.
+    prepare   the stages, their call options and argv, the image, secrets and budget (modal_request.py); no SDK
+    preflight the SDK and a token (or OAuth), S3 reachable from Modal, disk, the Volume, a run of the same id
+              still going, and whether the app must be deployed
+    launch    deploy if needed, `Function.from_name(app, "driver").spawn(run)`, the run record into storage
+
+The run's record lives in its storage (modal_record.py); logs are Modal's own logs of the run's calls, with the
+node agent's log files in storage as the fallback (modal_watch.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import tempfile
-import time
-import types
-from pathlib import Path
+import sys
 from typing import Iterator
 
 from runner.modal_fs import sdk_problem
 
-from . import local_image, modal_plan, modal_remote
-from .base import Backend, BackendError, Log, PreflightError, RunInfo, RunSpec, State, split_handle, state_from_exit
-
-APP_PREFIX = "nanochat-"
-MODAL_PYTHON = "3.11"  # Modal's own interpreter in the image; the runner keeps its venv and nanochat's Python
-LOG_POLL_SEC = 15.0
+from . import local_image, modal_checks, modal_plan, modal_record, modal_request, modal_watch
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
 
 
 def require_modal():
@@ -40,195 +33,156 @@ def require_modal():
     return modal
 
 
-def secret_names() -> list[str]:
-    return [n.strip() for n in os.environ.get("RUNNER_MODAL_SECRETS", "").split(",") if n.strip()]
+@dataclasses.dataclass
+class Options:
+    secrets: tuple[str, ...] = ()  # --secret NAME (repeatable): Modal secrets added to the node's environment
+    modal_env: str | None = None  # --modal-env / MODAL_ENVIRONMENT
+    spare_retries: int = modal_plan.SPARE_RETRIES  # --modal-retries
+    save_request: str | None = None  # --save-request FILE
 
 
-def function_specs(spec: RunSpec) -> list[dict]:
-    """Each Modal function of the run as plain data: what `app.function(...)` gets, with the SDK objects named."""
-    storage_url, volume = modal_plan.node_storage(spec.storage)
-    stages = modal_plan.stages(spec.plan, spec.node_args)
-    volumes = {f"{modal_plan.VOLUME_MOUNT}/{volume}": volume} if volume else {}
-    secrets = {"env": sorted(spec.node_env()), "dotenv": Path(".env").is_file(), "named": secret_names()}
-    out = [{**modal_plan.function_kwargs(s), "volumes": volumes, "secrets": secrets, "image": "runner",
-            "payload": modal_plan.payload(spec, s, storage_url, volume)} for s in stages]
-    out.append({"name": "driver", "timeout": modal_plan.DRIVER_TIMEOUT_SEC, "retries": dict(modal_plan.RETRIES),
-                **modal_plan.DRIVER, "volumes": {}, "secrets": {"env": [], "dotenv": False, "named": []}, "image": "driver"})
-    return out
-
-
-def image_spec(spec: RunSpec) -> dict:
-    if spec.image:
-        return {"registry": spec.image, "add_python": MODAL_PYTHON}
-    context = local_image.find_context(spec.build_context)
-    return {"dockerfile": str(context / "Dockerfile"), "context_dir": str(context), "build_args": modal_plan.image_build_args(spec),
-            "add_python": MODAL_PYTHON, "force_build": spec.rebuild}
-
-
-def build_app(spec: RunSpec, modal=None):
-    """The Modal App for this run, defined offline (nothing is sent until it is deployed)."""
-    modal = modal or require_modal()
-    info = image_spec(spec)
-    if "registry" in info:
-        image = modal.Image.from_registry(info["registry"], add_python=info["add_python"])
-    else:
-        # Modal reads COPY sources itself and refuses ${VAR:-default} there: hand it the same Dockerfile rendered.
-        rendered = Path(tempfile.mkdtemp(prefix="runner-modal-")) / "Dockerfile"
-        rendered.write_text(modal_plan.render_dockerfile(Path(info["dockerfile"]).read_text(), info["build_args"]))
-        image = modal.Image.from_dockerfile(rendered, context_dir=info["context_dir"], build_args=info["build_args"],
-                                            add_python=info["add_python"], force_build=info["force_build"])
-    image = image.entrypoint([])  # the image's ENTRYPOINT is `runner`; Modal starts its own process
-    secrets = [modal.Secret.from_dict(spec.node_env())] if spec.node_env() else []
-    secrets += [modal.Secret.from_dotenv()] if Path(".env").is_file() else []
-    secrets += [modal.Secret.from_name(n) for n in secret_names()]
-    app = modal.App(app_name(spec.run_id))
-    # The functions are pickled whole (by value): Modal's Python in the container cannot import this package.
-    from modal._vendor import cloudpickle
-
-    cloudpickle.register_pickle_by_value(modal_remote)
-    for fn in function_specs(spec):
-        kwargs = {k: v for k, v in fn.items() if k not in ("volumes", "secrets", "image", "payload", "retries")}
-        kwargs["retries"] = modal.Retries(**fn["retries"])
-        if fn["image"] == "driver":
-            target, kwargs["image"] = modal_remote.driver_entry, modal.Image.debian_slim(python_version=MODAL_PYTHON)
-        else:
-            target, kwargs["image"], kwargs["secrets"] = modal_remote.stage_entry, image, secrets
-            kwargs["volumes"] = {mount: modal.Volume.from_name(name, create_if_missing=True) for mount, name in fn["volumes"].items()}
-        # A copy per stage: each registration is its own function; serialized, since its settings come from the plan.
-        copy = types.FunctionType(target.__code__, target.__globals__, fn["name"].replace("-", "_"), target.__defaults__)
-        app.function(serialized=True, **kwargs)(copy)
-    return app
-
-
-def app_name(run_id: str) -> str:
-    return (APP_PREFIX + run_id)[:64]
-
-
-def driver_input(spec: RunSpec) -> dict:
-    return {"run_id": spec.run_id, "app_name": app_name(spec.run_id), "driver_timeout_s": modal_plan.DRIVER_TIMEOUT_SEC,
-            "stages": [fn["payload"] for fn in function_specs(spec) if "payload" in fn]}
+def say(message: str) -> None:
+    print(f"[runner] {message}", file=sys.stderr, flush=True)
 
 
 class ModalBackend(Backend):
     name = "modal"
 
-    def dry_run(self, spec: RunSpec) -> str:
-        info = image_spec(spec)
-        stages = modal_plan.stages(spec.plan, spec.node_args)
+    def __init__(self):
+        self.options = Options()
+
+    def configure(self, secrets=(), modal_env=None, modal_retries=None, save_request=None) -> None:
+        """The `runner up` options of this backend (backends/modal_options.py)."""
+        self.options = Options(secrets=tuple(secrets or ()), modal_env=modal_env, save_request=save_request,
+                               spare_retries=modal_plan.SPARE_RETRIES if modal_retries is None else int(modal_retries))
+
+    def environment(self) -> str | None:
+        return self.options.modal_env or os.environ.get("MODAL_ENVIRONMENT") or None
+
+    # -- starting a run --------------------------------------------------------------------------------------------
+
+    def prepare(self, spec: RunSpec) -> Prepared:
+        if spec.gpu_ids or spec.scratch:
+            raise BackendError("--gpu-ids and --scratch choose devices and folders of a machine you own; Modal gives each stage its own.",
+                               ["Drop them for --backend modal (the plan's --gpus and --gpu-type say what each stage gets)."])
+        if getattr(spec.plan, "device", "cuda") != "cuda":
+            raise BackendError(f"This plan is the {spec.plan.device.upper()} rehearsal; Modal runs plans for NVIDIA GPUs.",
+                               ["Run the rehearsal here: `runner up --smoke` (--backend here), or plan for GPUs: --device cuda."])
+        found = modal_plan.stages(spec)
         storage_url, volume = modal_plan.node_storage(spec.storage)
-        image = (f"registry image {info['registry']}" if "registry" in info else
-                 f"{info['dockerfile']} with " + " ".join(f"--build-arg {k}={v}" for k, v in sorted(info["build_args"].items())))
-        secrets = [f"variables {', '.join(sorted(spec.node_env()))}"] if spec.node_env() else []
-        secrets += [".env"] if Path(".env").is_file() else []
-        secrets += [f"Modal secret {n}" for n in secret_names()]
-        return "\n".join([
-            f"backend modal: app {app_name(spec.run_id)} (deployed), driver started with spawn (detached)",
-            f"image: {image} (+ Python {MODAL_PYTHON} for Modal, entrypoint cleared)",
-            f"storage: {spec.storage} -> {storage_url} in the containers" + (f" (Volume {volume} mounted, committed every {modal_plan.COMMIT_EVERY_SEC}s and after each stage)" if volume else ""),
-            f"secrets (names only): {'; '.join(secrets) or 'none'}",
-            f"retries on preemption: {modal_plan.RETRIES['max_retries']} per stage; the node agent resumes from the newest complete checkpoint",
-            "stages (runner node run on the plan cut after each stage's last phase):",
-            *modal_plan.describe_stages(stages),
-            f"handle: {self.handle_for(spec.run_id)}",
-        ])
+        env = modal_checks.node_env(spec)
+        modal_checks.check_s3_endpoint(modal_checks.s3_endpoint(spec, env))
+        context = None if spec.image else str(local_image.find_context(spec.build_context))
+        settings = modal_plan.image_settings(spec, context)
+        run = {
+            "run_id": spec.run_id, "environment": self.environment(), "budget": modal_plan.budget(found, self.options.spare_retries),
+            "volumes": {f"{modal_plan.VOLUME_MOUNT}/{volume}": volume} if volume else {}, "secrets": list(self.options.secrets),
+            "env_names": sorted(env),
+            "stages": [{"name": s.name, "function": s.function, "phases": list(s.phases), "options": s.options,
+                        "job": modal_plan.job(spec, s, volume)} for s in found],
+        }
+        request = modal_request.ModalRequest(app_name=modal_plan.app_name(spec, settings), environment=self.environment(),
+                                             image=settings, run=run, env=env)
+        handle = modal_record.make_handle(spec.run_id, spec.storage, self.environment())
+        summary = (
+            f"backend modal: run {spec.run_id}, storage {spec.storage} -> {storage_url} in the containers"
+            + (f" (Volume {volume}, committed every 5 min and checked at the end of each stage)" if volume else ""),
+            f"record: {spec.storage}/{modal_record.record_path(spec.run_id)}",
+            f"handle: {handle}",
+        )
+        if self.options.save_request:  # asked for by name (--save-request): the one file prepare writes, no network
+            with open(self.options.save_request, "w") as f:
+                f.write(request.saved())
+            summary += (f"request saved: {self.options.save_request} (start it with `modal run --detach backends/modal_app.py --request {self.options.save_request}`)",)
+        return Prepared(spec=spec, summary=summary, request=request, render=modal_request.render)
 
-    def preflight(self, spec: RunSpec, log: Log) -> None:
+    def preflight(self, prepared: Prepared, log: Log) -> Prepared:
         modal = require_modal()
-        log(f"preflight: Modal SDK {modal.__version__}, token configured")
-        stages = modal_plan.stages(spec.plan, spec.node_args)
-        log(f"preflight: {len(stages)} stage(s), GPU {modal_plan.gpu_string(spec.plan)}, longest timeout {max(s.timeout_s for s in stages) / 3600:.1f} h")
-        _, volume = modal_plan.node_storage(spec.storage)
-        if volume:
-            modal.Volume.from_name(volume, create_if_missing=True).hydrate()
+        request, spec = prepared.request, prepared.spec
+        log(f"preflight: Modal SDK {modal.__version__}, credentials configured" + (f", environment {request.environment}" if request.environment else ""))
+        modal_checks.check_s3_endpoint(modal_checks.s3_endpoint(spec, dict(request.env)), resolve=True)
+        from .preflight import disk_need
+
+        need_mib = disk_need(spec.plan)["total"] / 2**20
+        if need_mib > modal_plan.DISK_MIB:
+            raise PreflightError(f"{spec.plan.model} needs about {need_mib / 1024:.0f} GiB of scratch; Modal stages here get {modal_plan.DISK_MIB // 1024} GiB.",
+                                 ["Run a smaller model on Modal, or use --backend local/ssh with a large disk."])
+        for volume in request.run["volumes"].values():
+            modal.Volume.from_name(volume, environment_name=request.environment, create_if_missing=True).hydrate()
             log(f"preflight: Volume {volume} ready")
-        else:
-            from runner.storage import open_storage
+        from runner.storage import open_storage
 
-            open_storage(spec.storage, spec.storage_options)  # S3: reachable and writable with the credentials passed on
-        existing = self._record(spec.run_id, must_exist=False)
-        if existing and not self.describe(self.handle_for(spec.run_id)).state.is_terminal():
-            handle = self.handle_for(spec.run_id)
-            raise PreflightError(f"Run {spec.run_id} is already running ({handle}).", [f"Follow it: `runner logs -f {handle}`, or stop it: `runner down {handle}`.", "Or give this run another --run-id."])
+        options = modal_record.storage_options(spec.storage, request.environment, spec.storage_options)
+        store = modal_record.RecordStore(spec.storage, open_storage(spec.storage, options))  # reachable and writable from here
+        existing = store.read(spec.run_id)
+        if existing:
+            info = modal_watch.refresh(store, existing, modal, modal_record.make_handle(spec.run_id, spec.storage, request.environment))
+            if info.state in (State.RUNNING, State.PENDING):  # unknown: Modal no longer knows it, so it is long over
+                raise PreflightError(f"Run {spec.run_id} is still going on Modal ({info.handle}).",
+                                     [f"Follow it: `runner logs -f '{info.handle}'`, or stop it: `runner down '{info.handle}'`.", "Or give this run another --run-id."])
+        try:
+            modal.Function.from_name(request.app_name, "driver", environment_name=request.environment).hydrate()
+            deploy = spec.rebuild  # --rebuild: build the image again and redeploy
+        except modal.exception.NotFoundError:
+            deploy = True
+        log(f"preflight: app {request.app_name} " + ("to be deployed (once for this runner version and image)" if deploy else "deployed"))
+        return dataclasses.replace(prepared, request=dataclasses.replace(request, deploy=deploy))
 
-    def submit(self, spec: RunSpec) -> str:
+    def launch(self, prepared: Prepared) -> str:
         modal = require_modal()
-        app = build_app(spec, modal)
-        with modal.enable_output():
-            app.deploy(name=app_name(spec.run_id))
-        call = modal.Function.from_name(app_name(spec.run_id), "driver").spawn(driver_input(spec))
-        self._runs()[spec.run_id] = {"call_id": call.object_id, "storage": spec.storage, "app_name": app_name(spec.run_id),
-                                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
-        return self.handle_for(spec.run_id)
+        request, spec = prepared.request, prepared.spec
+        if request.deploy is not False:
+            modal_request.deploy(request, modal)
+        call = modal.Function.from_name(request.app_name, "driver", environment_name=request.environment).spawn(request.driver_argument())
+        stages = [{"name": s["name"], "function": s["function"], "phases": s["phases"]} for s in request.run["stages"]]
+        record = modal_record.new_record(spec.run_id, request.app_name, request.environment, spec.storage, call.object_id, stages)
+        try:
+            modal_record.RecordStore(spec.storage, environment=request.environment).write(record)
+        except Exception:
+            call.cancel(terminate_containers=True)  # a run nobody can find again must not go on
+            raise
+        return modal_record.make_handle(spec.run_id, spec.storage, request.environment)
 
     # -- finding a run again ---------------------------------------------------------------------------------------
 
-    def _runs(self):
-        return require_modal().Dict.from_name(modal_plan.RUNS_DICT, create_if_missing=True)
-
-    def _record(self, run_id: str, must_exist: bool = True) -> dict | None:
-        entry = self._runs().get(run_id)
-        if entry is None and must_exist:
-            raise BackendError(f"No Modal run {run_id!r}.", ["`runner status --backend modal` lists the runs Modal knows.", "Check the run id (the handle is modal://RUN_ID)."])
-        return entry
-
-    def _run_id(self, handle: str) -> str:
-        scheme, ident = split_handle(handle)
-        if scheme and scheme != self.name:
-            raise BackendError(f"{handle} is not a Modal run.", [f"Use the {scheme} backend's commands for it."])
-        return ident
-
-    def _info(self, run_id: str, entry: dict) -> RunInfo:
-        modal = require_modal()
-        state, code, detail = State.RUNNING, None, f"app {entry.get('app_name')}, driver call {entry.get('call_id')}"
-        try:
-            result = modal.FunctionCall.from_id(entry["call_id"]).get(timeout=0)
-            code = int(result.get("exit_code", 1))
-            state = state_from_exit(code, cancelled=bool(entry.get("cancelled")))
-        except TimeoutError:
-            pass  # still running
-        except Exception as e:  # noqa: BLE001 - the call failed or was cancelled: its words go into the detail
-            state = State.CANCELLED if entry.get("cancelled") else State.FAILED
-            detail += f" ({type(e).__name__}: {e})"
-        return RunInfo(handle=self.handle_for(run_id), run_id=run_id, state=state, exit_code=code, started_at=entry.get("started_at", ""),
-                       storage=entry.get("storage", ""), detail=detail + (f", stage {entry['stage']}" if entry.get("stage") else ""))
+    def _locate(self, handle: str) -> tuple[modal_record.RecordStore, dict, str]:
+        run_id, storage, environment = modal_record.parse_handle(handle)
+        require_modal()
+        environment = environment or os.environ.get("MODAL_ENVIRONMENT") or None
+        store = modal_record.RecordStore(storage, environment=environment)
+        record = store.read(run_id)
+        if record is None:
+            raise BackendError(f"No Modal run {run_id!r} in {storage}.",
+                               [f"`RUNNER_STORAGE={storage} runner status --backend modal` lists the Modal runs there.", "Check the run id and the storage in the handle."])
+        return store, record, modal_record.make_handle(run_id, storage, environment)
 
     def describe(self, handle: str) -> RunInfo:
-        run_id = self._run_id(handle)
-        return self._info(run_id, self._record(run_id))
+        store, record, handle = self._locate(handle)
+        return modal_watch.refresh(store, record, require_modal(), handle)
 
     def list_runs(self) -> list[RunInfo]:
-        return sorted((self._info(k, v) for k, v in self._runs().items()), key=lambda info: info.started_at)
+        storage = os.environ.get("RUNNER_STORAGE")
+        if not storage:
+            raise BackendError("The Modal backend lists the runs recorded in one storage: RUNNER_STORAGE is not set.",
+                               ["export RUNNER_STORAGE=modal://VOLUME/PREFIX (the --storage of your runs), then run this again."])
+        modal = require_modal()
+        store = modal_record.RecordStore(storage, environment=self.environment())
+        out = []
+        for run_id in store.run_ids():
+            handle = modal_record.make_handle(run_id, storage, self.environment())
+            try:
+                out.append(modal_watch.refresh(store, store.read(run_id) or {}, modal, handle))
+            except Exception as e:  # noqa: BLE001 - one unreadable record must not hide the others
+                out.append(RunInfo(handle=handle, run_id=run_id, state=State.UNKNOWN, detail=f"record unreadable: {type(e).__name__}: {e}"))
+        return sorted(out, key=lambda info: info.started_at)
 
     def logs(self, handle: str, follow: bool = False, tail: int | None = None) -> Iterator[str]:
-        """The node agent's phase logs from storage (mirrored every 15 s, committed with the Volume)."""
-        from runner.storage import open_storage
-
-        run_id = self._run_id(handle)
-        storage = open_storage(self._record(run_id)["storage"], check=False)
-        seen: dict[str, int] = {}
-        first = True
-        while True:
-            lines = []
-            for name in sorted(storage.find(f"_runner/runs/{run_id}/logs"), key=_phase_order):
-                text = storage.read_text(f"_runner/runs/{run_id}/logs/{name}")
-                lines += text[seen.get(name, 0):].splitlines(keepends=True)
-                seen[name] = len(text)
-            yield from (lines[-tail:] if first and tail is not None else lines)
-            first = False
-            if not follow or self.describe(handle).state.is_terminal():
-                return
-            time.sleep(LOG_POLL_SEC)
+        store, record, handle = self._locate(handle)
+        yield from modal_watch.logs(store, record, require_modal(), handle, follow=follow, tail=tail)
 
     def cancel(self, handle: str, grace_sec: float = 60.0) -> RunInfo:
-        modal = require_modal()
-        run_id = self._run_id(handle)
-        entry = self._record(run_id)
-        modal.FunctionCall.from_id(entry["call_id"]).cancel(terminate_containers=True)
-        self._runs()[run_id] = {**entry, "cancelled": True}
-        return self._info(run_id, {**entry, "cancelled": True})
-
-
-def _phase_order(name: str) -> int:
-    order = ["data", "tokenizer", "base", "mid", "sft", "rl", "report"]
-    stem = name.removesuffix(".log")
-    return order.index(stem) if stem in order else len(order)
+        """Cancel every call of the run (drivers first, so none starts another stage), say which, record it."""
+        store, record, handle = self._locate(handle)
+        stopped = modal_watch.cancel_all(store, record, require_modal())
+        say(f"cancelled {len(stopped)} Modal call(s): " + ", ".join(f"{c} ({what})" for c, what in stopped) if stopped else "no Modal call to cancel")
+        return modal_record.info_from(record, handle)

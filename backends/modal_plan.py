@@ -1,59 +1,57 @@
-"""What the Modal backend hands the Modal SDK, computed without importing it: stages, GPUs, timeouts, arguments.
+"""What a run on Modal is, computed on the laptop without the SDK: its stages, each stage's call options and node
+argv, the run's retry budget, and the app that serves it.
 
-A plan becomes a few Modal functions ("stages"): `prep` runs the CPU-only phases (data download, tokenizer) on a
-CPU container, so no GPU is billed while shards download; then one GPU function per remaining phase, pinned to
-the plan's GPU type (`H100!:8`: the `!` stops Modal from upgrading an H100 request to another GPU, so timings
-compare) and count. Each stage gets its own timeout from the plan's estimate × MARGIN + OVERHEAD_SEC, and each
-runs `runner node run` on a plan truncated after its last phase: earlier phases are skipped by their markers and
-the phase keys do not change (a phase's key depends only on the phases before it).
+A plan becomes a few calls of the deployed app (backends/modal_app.py): `prep` runs the CPU phases before the
+first GPU phase (data download, tokenizer; `hardware = "cpu"` in the recipe), then `gpu_phase` once per GPU phase with the plan's GPU type pinned (`H100!:8`) and CPU and
+memory sized for its ranks, then `report` on a small CPU container. Each stage runs `runner node run` on the plan
+cut after its last phase: earlier phases are skipped by their markers and the phase keys do not change.
 
-Modal caps a call at 24 h. A phase whose estimate does not fit is run in segments: the node agent gets SIGTERM
-SEGMENT_GRACE_SEC before the cap (it stops the trainer; finished checkpoints are already uploaded), and the next
-call resumes from the newest complete checkpoint. Only resumable phases (base training) may be segmented.
+Timeouts come from the plan's estimate × MARGIN + OVERHEAD_SEC. A stage whose estimate does not fit Modal's 24 h
+cap gets a 24 h timeout and runs in segments (only a phase that can resume mid-phase may); the retries it needs
+are counted into the run's one budget, with SPARE_RETRIES on top for lost machines. Node options stay typed
+(`NodeCommand`) until `.argv()`; each stage gets its first-call argv and its continuing argv.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
+from runner import __version__
 from runner.estimate import estimate_phases
 from runner.storage import split_url
 
 from .base import BackendError, RunSpec
+from .launch import NodeCommand
 
-CPU_PHASES = ("data", "tokenizer")
 MODAL_CAP_SEC = 24 * 3600
 MARGIN = 1.5  # estimates are at an assumed MFU; a slow node must not be killed by its own timeout
 OVERHEAD_SEC = 20 * 60  # container start, staging in and out, torch.compile warm-up
 MIN_TIMEOUT_SEC = 30 * 60
-SEGMENT_GRACE_SEC = 20 * 60  # time to stop the trainer, upload what finished and commit, before Modal's cap
-DRIVER_TIMEOUT_SEC = MODAL_CAP_SEC
-COMMIT_EVERY_SEC = 300  # explicit Volume commits during a stage, on top of Modal's own background commits
+SEGMENT_GRACE_SEC = 20 * 60  # = modal_app.SEGMENT_GRACE_SEC
+SPARE_RETRIES = 3  # lost machines, hung stages: retried from the run's budget, never per stage
+DISK_MIB = 256 * 1024  # = modal_app.DISK_MIB: the scratch disk of prep and gpu_phase
 VOLUME_MOUNT = "/vol"
 GPU_NAMES = {"H100": "H100!", "H200": "H200", "A100-80GB": "A100-80GB", "B200": "B200"}
-# Preemption (a lost machine) is retried generously: the node agent resumes; a failing phase exits non-zero and
-# is not retried by Modal at all (the stage returns its exit code instead of raising).
-RETRIES = {"max_retries": 6, "backoff_coefficient": 2.0, "initial_delay": 10.0, "max_delay": 60.0}  # Modal allows 1-60 s
-CPU_STAGE = {"cpu": 8.0, "memory": 32768}  # tokenizer training holds its text sample in memory
-DRIVER = {"cpu": 0.25, "memory": 512}
-RUNS_DICT = "nanochat-runner-runs"  # a Modal Dict: run id -> {call id, storage, stages done}; the backend's own state
-COPY_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+CPU_PER_RANK, CPU_BASE = 4.0, 2.0  # torchrun ranks, their data loaders, and the node agent
+MEMORY_MIB_PER_RANK, MEMORY_MIB_BASE = 16384, 8192
+PREP_RESOURCES = {"cpu": 8.0, "memory": 32768}  # = modal_app.PREP_RESOURCES
+REPORT_RESOURCES = {"cpu": 2.0, "memory": 8192}  # = modal_app.REPORT_RESOURCES
+APP_PREFIX = "nanochat-runner"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
-    name: str  # the Modal function's name
-    phases: list[str]
-    gpu: str | None  # None: a CPU container
-    timeout_s: int
-    segment_s: int = 0  # >0: stop the node agent after this long and call again (resumes)
-    calls: int = 1  # calls the estimate needs (segments)
-    est_hours: float = 0.0
-    node_args: list[str] = field(default_factory=list)  # first call's extra node arguments (--from, --offline...)
-    continue_args: list[str] = field(default_factory=list)  # later calls: never --from/--only (those restart)
+    name: str  # shown to people and in the run record
+    function: str  # the app's function: prep, gpu_phase or report
+    phases: tuple[str, ...]
+    node: NodeCommand  # the first call's `runner node run`; retries and later segments run node.continuing()
+    options: dict  # with_options, less retries/secrets/volumes (the driver adds those): gpu, cpu, memory, timeout
+    est_hours: float
+    segment_s: int = 0  # >0: stop the node agent after this long; the retry resumes
+    calls: int = 1  # segments the estimate needs
 
 
 def gpu_string(plan) -> str:
@@ -62,7 +60,12 @@ def gpu_string(plan) -> str:
     return f"{GPU_NAMES[plan.gpu_type]}:{plan.gpus}"
 
 
-def _timeout(hours: float) -> tuple[int, int, int]:
+def gpu_resources(ranks: int) -> dict:
+    """CPU cores and memory (MiB) for a GPU stage of `ranks` ranks (Modal's default is 0.125 cores, 128 MiB)."""
+    return {"cpu": CPU_BASE + CPU_PER_RANK * ranks, "memory": MEMORY_MIB_BASE + MEMORY_MIB_PER_RANK * ranks}
+
+
+def timing(hours: float) -> tuple[int, int, int]:
     """(timeout, segment length or 0, calls) for a stage estimated at `hours`."""
     need = hours * 3600 * MARGIN + OVERHEAD_SEC
     if need <= MODAL_CAP_SEC:
@@ -71,67 +74,9 @@ def _timeout(hours: float) -> tuple[int, int, int]:
     return MODAL_CAP_SEC, segment, math.ceil(need / segment)
 
 
-def _split_node_args(args: list[str]) -> tuple[list[str], str | None, str | None, bool]:
-    """(pass-through args, --from, --only, --force) from RunSpec.node_args."""
-    rest, from_phase, only_phase, force, i = [], None, None, False, 0
-    while i < len(args):
-        if args[i] in ("--from", "--only"):
-            from_phase, only_phase = (args[i + 1], only_phase) if args[i] == "--from" else (from_phase, args[i + 1])
-            i += 2
-            continue
-        force = force or args[i] == "--force"
-        if args[i] != "--force":
-            rest.append(args[i])
-        i += 1
-    return rest, from_phase, only_phase, force
-
-
-def stages(plan, node_args: list[str] = ()) -> list[Stage]:
-    """The Modal functions this plan runs as, in order, with the node arguments of each."""
-    hours = {e.phase: e.hours for e in estimate_phases(plan)}
-    names = plan.phase_names()
-    rest, from_phase, only_phase, force = _split_node_args(list(node_args))
-    if force:
-        from_phase = names[0]
-    groups = [[n for n in names if n in CPU_PHASES]] + [[n] for n in names if n not in CPU_PHASES]
-    out = []
-    for group in groups:
-        if not group or (only_phase and only_phase not in group):
-            continue
-        if from_phase and names.index(group[-1]) < names.index(from_phase):
-            continue  # wholly before --from: nothing to run
-        est = sum(hours[n] for n in group)
-        timeout, segment, calls = _timeout(est)
-        if segment and not any(step.resume_flag for step in plan.phase(group[0]).steps):
-            raise BackendError(
-                f"Phase {group[0]} is estimated at {est:.1f} h (×{MARGIN} margin), beyond Modal's 24 h cap, and cannot resume mid-phase.",
-                ["Run it with more GPUs (--gpus 8) or a faster --gpu-type, or", "run this plan on another backend (`runner up --backend local`)."],
-            )
-        forced = []
-        if only_phase:
-            forced = ["--only", only_phase]
-        elif from_phase:
-            first = group[0] if names.index(group[0]) >= names.index(from_phase) else from_phase
-            forced = ["--from", first]
-        is_gpu = any(n not in CPU_PHASES for n in group)
-        out.append(Stage(
-            name="prep" if not is_gpu else f"phase-{group[0]}", phases=group, gpu=gpu_string(plan) if is_gpu else None,
-            timeout_s=timeout, segment_s=segment, calls=calls, est_hours=round(est, 3), node_args=forced + rest, continue_args=rest,
-        ))
-    return out
-
-
-def sub_plan(plan, last_phase: str) -> dict:
-    """The plan as JSON, cut after `last_phase` (the node agent then stops there)."""
-    raw = plan.to_dict()
-    names = plan.phase_names()
-    raw["phases"] = raw["phases"][: names.index(last_phase) + 1]
-    return raw
-
-
 def node_storage(storage: str) -> tuple[str, str | None]:
-    """(storage URL inside the container, Volume to mount or None). A Volume is mounted at /vol/VOLUME, so the
-    node agent sees a plain folder (fast, no API call per file); S3 is passed through."""
+    """(storage URL inside the containers, Volume to mount or None). A Volume is mounted at /vol/VOLUME, so the
+    node agent sees a plain folder; S3 is passed through."""
     protocol, path = split_url(storage)
     if protocol == "modal":
         volume, _, inner = path.partition("/")
@@ -144,50 +89,96 @@ def node_storage(storage: str) -> tuple[str, str | None]:
     )
 
 
-def image_build_args(spec: RunSpec) -> dict[str, str]:
-    """The Dockerfile's build arguments for Modal: the plan's nanochat, and root as the user (Modal adds its own
-    Python layers on top of the image, which must be able to write /usr/local)."""
-    return {"NANOCHAT_REF": spec.plan.commit, "RUNNER_UID": "0", **spec.build_args}
+def _groups(plan) -> list[tuple[str, tuple[str, ...]]]:
+    """(function, phases) in run order, from each phase's `hardware` in the recipe: the CPU phases before the first
+    GPU phase together on `prep`, each GPU phase alone on `gpu_phase`, each later CPU phase (the report) on `report`."""
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for phase in plan.phases:
+        if phase.hardware == "gpu":
+            groups.append(("gpu_phase", (phase.name,)))
+        elif not groups or groups[-1][0] == "prep":
+            groups[-1:] = [("prep", (groups[-1][1] if groups else ()) + (phase.name,))]
+        else:
+            groups.append(("report", (phase.name,)))
+    return groups
 
 
-def render_dockerfile(text: str, build_args: dict[str, str]) -> str:
-    """The same Dockerfile with `${VAR:-default}` in COPY sources filled in as Docker would: Modal reads COPY
-    sources itself to upload the context, and refuses variables there."""
+def _stage_node(node: NodeCommand, names: list[str], phases: tuple[str, ...]) -> NodeCommand | None:
+    """This stage's first-call command, or None when the selection leaves nothing in it. --force and --from become
+    `--from <first phase here>` (the sub-plan still holds the earlier phases, already run by earlier stages)."""
+    if node.only_phase:
+        return node.with_(force=False) if node.only_phase in phases else None
+    start = names[0] if node.force else node.from_phase
+    if start is None:
+        return node
+    if names.index(phases[-1]) < names.index(start):
+        return None  # wholly before --from
+    first = start if start in phases else phases[0]
+    return node.with_(force=False, from_phase=first)
 
-    def fill(match: re.Match) -> str:
-        return build_args.get(match.group(1)) or (match.group(2) or "")
 
-    return "\n".join(COPY_VARIABLE.sub(fill, line) if line.lstrip().upper().startswith("COPY ") else line for line in text.splitlines()) + "\n"
+def stages(spec: RunSpec) -> list[Stage]:
+    """The stages this spec runs, in order."""
+    plan = spec.plan
+    names = plan.phase_names()
+    hours = {e.phase: e.hours for e in estimate_phases(plan)}
+    storage_url, _ = node_storage(spec.storage)
+    node = spec.node_command(storage=storage_url)
+    out = []
+    for function, phases in _groups(plan):
+        stage_node = _stage_node(node, names, phases)
+        if stage_node is None:
+            continue
+        est = sum(hours[n] for n in phases)
+        timeout, segment, calls = timing(est)
+        if segment and not any(step.resume_flag for step in plan.phase(phases[0]).steps):
+            raise BackendError(
+                f"Phase {phases[0]} is estimated at {est:.1f} h (×{MARGIN} margin), beyond Modal's 24 h cap, and cannot resume mid-phase.",
+                ["Run it with more GPUs (--gpus 8) or a faster --gpu-type, or", "run this plan on another backend (`runner up --backend local`)."],
+            )
+        if function == "gpu_phase":
+            options = {"gpu": gpu_string(plan), **gpu_resources(plan.gpus)}
+        else:
+            options = dict(PREP_RESOURCES if function == "prep" else REPORT_RESOURCES)
+        name = "prep" if function == "prep" else phases[0]
+        out.append(Stage(name=name, function=function, phases=phases, node=stage_node, options={**options, "timeout": timeout},
+                         est_hours=round(est, 3), segment_s=segment, calls=calls))
+    return out
 
 
-def function_kwargs(stage: Stage) -> dict:
-    """What `app.function(...)` gets for a stage, less the image, volumes and secrets (SDK objects)."""
-    kwargs = {"name": stage.name, "timeout": stage.timeout_s, "retries": dict(RETRIES)}
-    if stage.gpu:
-        kwargs["gpu"] = stage.gpu
+def budget(found: list[Stage], spare: int = SPARE_RETRIES) -> int:
+    """The run's one retry budget: the segments its long stages need, plus `spare` for lost machines."""
+    return sum(s.calls - 1 for s in found) + spare
+
+
+def sub_plan(plan, last_phase: str) -> dict:
+    """The plan as JSON, cut after `last_phase` (the node agent then stops there)."""
+    raw = plan.to_dict()
+    raw["phases"] = raw["phases"][: plan.phase_names().index(last_phase) + 1]
+    return raw
+
+
+def job(spec: RunSpec, stage: Stage, volume: str | None) -> dict:
+    """What a stage function is called with (plain data): both argv lists, never options to parse back."""
+    return {"stage": stage.name, "argv": stage.node.argv(), "continuing_argv": stage.node.continuing().argv(),
+            "plan_json": json.dumps(sub_plan(spec.plan, stage.phases[-1])), "volume": volume, "segment_s": stage.segment_s}
+
+
+def image_settings(spec: RunSpec, context: str | None) -> dict:
+    """What modal_app.py builds its image from (it reads these from RUNNER_MODAL_* at deploy time)."""
+    if spec.image:
+        return {"registry": spec.image}
+    return {"context": context, "build_args": {"NANOCHAT_REF": spec.plan.commit, "RUNNER_UID": "0", **spec.build_args},
+            "force_build": spec.rebuild}
+
+
+def app_name(spec: RunSpec, settings: dict) -> str:
+    """One deployment per runner version and image: `nanochat-runner-0.1.0-a1ccb3dc0b[-<build digest>]`."""
+    if "registry" in settings:
+        extra = settings["registry"]
     else:
-        kwargs.update(CPU_STAGE)
-    return kwargs
-
-
-def payload(spec: RunSpec, stage: Stage, storage_url: str, volume: str | None) -> dict:
-    """What a stage function is called with: everything it needs, as plain JSON-able data."""
-    return {
-        "run_id": spec.run_id, "stage": stage.name, "plan_json": json.dumps(sub_plan(spec.plan, stage.phases[-1])),
-        "storage": storage_url, "storage_options": list(spec.storage_options), "volume": volume,
-        "node_args": stage.node_args, "continue_args": stage.continue_args, "segment_s": stage.segment_s,
-        "commit_every_s": COMMIT_EVERY_SEC, "calls": stage.calls, "timeout_s": stage.timeout_s,
-    }
-
-
-def describe_stages(found: list[Stage]) -> list[str]:
-    return [
-        f"  {s.name:<14} {s.gpu or 'CPU ' + str(CPU_STAGE['cpu']).rstrip('0').rstrip('.') + ' cores':<12} phases {','.join(s.phases):<16} "
-        f"est {s.est_hours:6.2f} h  timeout {s.timeout_s / 3600:5.2f} h" + (f"  in {s.calls} segment(s) of {s.segment_s / 3600:.1f} h" if s.segment_s else "")
-        + (f"  node args: {' '.join(s.node_args)}" if s.node_args else "")
-        for s in found
-    ]
-
-
-def as_dicts(found: list[Stage]) -> list[dict]:
-    return [asdict(s) for s in found]
+        extra = json.dumps({k: v for k, v in settings["build_args"].items() if k not in ("NANOCHAT_REF", "RUNNER_UID")}, sort_keys=True)
+    name = f"{APP_PREFIX}-{__version__}-{spec.plan.commit[:10]}"
+    if extra not in ("{}",):
+        name += "-" + hashlib.sha256(extra.encode()).hexdigest()[:8]
+    return name[:64]

@@ -32,20 +32,26 @@ FILE, DIRECTORY = 1, 2  # modal.types.FileEntryType values
 
 
 def sdk_problem() -> tuple[str, list[str]] | None:
-    """(what is wrong, how to fix it) when the Modal SDK or a token is missing on this machine, else None.
+    """(what is wrong, how to fix it) when the Modal SDK or credentials are missing on this machine, else None.
 
     Checked before anything talks to Modal, so that the first thing a user sees is the fix, not a stack trace or a
-    minute of retries. Inside a Modal container there is no token file: the task's own credentials are used.
+    minute of retries. Credentials are what the SDK itself accepts, from MODAL_* variables or the token file
+    (~/.modal.toml, or MODAL_CONFIG_PATH; the profile MODAL_PROFILE): a token id and secret, or OAuth (refresh
+    token, client id and secret). Inside a Modal container the task's own credentials are used.
     """
     try:
         from modal.config import config
     except ImportError:
         return "The Modal SDK is not installed.", [INSTALL_HINT.split(", then ")[0], "Then log in once: `modal token new`."]
-    if config.get("token_id") or os.environ.get("MODAL_TASK_ID"):
+    if os.environ.get("MODAL_TASK_ID"):
+        return None
+    if config.get("token_id") and config.get("token_secret"):
+        return None
+    if all(config.get(key) for key in ("oauth_refresh_token", "oauth_client_id", "oauth_client_secret")):
         return None
     return "No Modal token is configured on this machine.", [
         "Log in once: `modal token new` (it writes ~/.modal.toml), or",
-        "export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (e.g. from a CI secret).",
+        "export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (e.g. from a CI secret), or point MODAL_CONFIG_PATH at a token file.",
     ]
 
 
@@ -226,6 +232,9 @@ class _UploadOnClose:
 
     def writable(self) -> bool:
         return True
+
+    def flush(self) -> None:
+        pass  # the file lands whole on close (fsspec.open flushes before closing)
 
     def readable(self) -> bool:
         return False

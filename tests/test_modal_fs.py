@@ -248,3 +248,22 @@ def test_sync_and_ls_work_on_a_volume(volumes, tmp_path):
     assert back.exit_code == 0, back.output
     assert (tmp_path / "back/base_data/shard_00000.parquet").read_bytes() == b"p" * 3000
     assert volumes["vol"].files["nanochat/base_data/shard_00000.parquet"][0] == b"p" * 3000
+
+
+def test_modal_urls_work_in_any_fsspec_user_through_the_entry_point(volumes, tmp_path):
+    """The `fsspec.specs` entry point: a fresh Python that never imports runner.storage knows modal://, and
+    pyarrow reads a table from a Volume through fsspec."""
+    import subprocess
+    import sys
+
+    import fsspec
+    import pyarrow.csv
+
+    code = "import fsspec, sys; cls = fsspec.get_filesystem_class('modal'); print(cls.__module__, cls.__name__, 'runner.storage' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["runner.modal_fs", "ModalVolumeFileSystem", "False"], out.stderr
+    with fsspec.open("modal://vol/tables/t.csv", "wb") as f:
+        f.write(b"a,b\n1,2\n3,4\n")
+    with fsspec.open("modal://vol/tables/t.csv", "rb") as f:
+        table = pyarrow.csv.read_csv(f)
+    assert table.column("b").to_pylist() == [2, 4]
