@@ -12,10 +12,13 @@ import sys
 
 import click
 
+from backends.modal_options import MODAL_KEYS, modal_options
+
 from .options import make_plan, node_options, pairs, plan_options, storage_option
 from .watch import follow_run, say
 
 SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse")
+BACKEND_OPTIONS = {"ssh": SSH_KEYS, "modal": MODAL_KEYS}  # options only one backend takes; it gets them in configure()
 
 ssh_options = [
     click.option("--host", default=None, metavar="USER@HOST[:PORT]", help="ssh backend: the GPU host to log in to."),
@@ -46,6 +49,7 @@ def _with(options):
 @click.option("--run-id", default=None, help="Name of the run (default: a new one); also the W&B run name when WANDB_API_KEY is set. Reusing one continues it.")
 @node_options
 @_with(ssh_options)
+@modal_options
 @click.option("--image", default=None, help="Image to run (default: nanochat-runner:nanochat-<commit>, built when missing).")
 @click.option("--rebuild", is_flag=True, help="Build the image even when it exists.")
 @click.option("--context", "build_context", default=None, type=click.Path(file_okay=False), help="Build context with the Dockerfile (default: this checkout).")
@@ -64,12 +68,15 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
 
     from ..plan import Plan
 
-    ssh = {key: params.pop(key, None) for key in SSH_KEYS}
     backend = get_backend(backend_name)
-    if backend_name == "ssh":
-        backend.configure(**ssh)
-    elif any(ssh.values()):
-        raise click.UsageError("--host, --identity, --accept-new-host-key, --mode, --nanochat-src and --wheelhouse are options of --backend ssh.")
+    for name, keys in BACKEND_OPTIONS.items():
+        given = {key: params.pop(key, None) for key in keys}
+        if name == backend_name:
+            backend.configure(**given)
+        elif any(value for value in given.values()):
+            ctx = click.get_current_context()
+            flags = ", ".join(param.opts[0] for param in ctx.command.params if param.name in given and given[param.name])
+            raise click.UsageError(f"{flags}: option(s) of --backend {name}, not of --backend {backend_name}.")
     if plan_file:
         the_plan = Plan.load(plan_file)
         if run_id:
