@@ -12,10 +12,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reaso
 
 
 def test_two_gpu_plan_launches_two_ranks_and_keeps_every_shard(tmp_path):
+    # --device cuda: the double stands in for CUDA ranks (gloo), so this runs the same on a machine without GPUs.
     storage, double, env = tmp_path / "storage", make_double(tmp_path), base_env(tmp_path)
     preseed_files(storage)
     for phase in ("data", "tokenizer", "base"):
-        result = node_run(str(storage), double, env, "--gpus", "2", "--only", phase)
+        result = node_run(str(storage), double, env, "--gpus", "2", "--device", "cuda", "--only", phase)
         assert result.code == 0, result.output
     train = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train"]
     assert sorted((c["rank"], c["world_size"]) for c in train) == [(0, 2), (1, 2)]

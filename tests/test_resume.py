@@ -48,7 +48,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(tmp_path):
 
 def test_a_different_gpu_count_is_refused_with_what_to_do(tmp_path):
     storage, double, plan = crashed_at_step_17(tmp_path)
-    result = runner(["node", "run", "--storage", str(storage), "--model", "smoke", "--gpus", "2", "--nanochat-dir", str(double),
+    result = runner(["node", "run", "--storage", str(storage), "--model", "smoke", "--gpus", "2", "--device", "cuda", "--nanochat-dir", str(double),
                      "--python", sys.executable, "--run-id", "r"], base_env(tmp_path))
     # The smoke plan at 2 GPUs has other commands, so its base marker differs and base would run: it must refuse.
     assert result.code == 1

@@ -57,16 +57,17 @@ def logs(run, follow, tail):
 
 @click.command(short_help="Show runs and their state (and, with RUN, its phases from storage).")
 @click.argument("run", required=False)
-@click.option("--backend", "backend_name", default="here", show_default=True, help="Backend whose runs to list (without RUN).")
+@click.option("--backend", "backend_name", default=None,
+              help="Backend whose runs to list (without RUN). Default: this machine's runs and the local Docker engine's.")
 @click.option("--json", "as_json", is_flag=True, help="With RUN: print the backend's view and the live status as JSON.")
 def status(run, backend_name, as_json):
     """Without RUN: every run the backend knows. With RUN: its state, progress, cost so far and phases from storage."""
     from backends import backend_for, get_backend
 
     if not run:
-        runs = get_backend(backend_name).list_runs()
+        runs = _list_runs(backend_name)
         if not runs:
-            click.echo(f"No runs on the {backend_name} backend.")
+            click.echo(f"No runs on the {backend_name or 'here or local'} backend.")
             return
         click.echo(f"{'RUN':<44} {'STATE':<10} {'EXIT':<5} {'STARTED':<20} HANDLE")
         for info in runs:
@@ -139,6 +140,24 @@ def _progress_reporter(info_source, every_sec: float = 60.0):
     thread = threading.Thread(target=loop, name="live-status", daemon=True)
     thread.start()
     return stop
+
+
+def _list_runs(backend_name: str | None) -> list:
+    """The runs of one backend, or (no name) of this machine: `here` runs and, when a Docker engine answers, the
+    local backend's containers, so `runner status` shows what `runner up` started here either way."""
+    from backends import BackendError, get_backend
+
+    if backend_name:
+        return get_backend(backend_name).list_runs()
+    runs = list(get_backend("here").list_runs())
+    try:
+        runs += get_backend("local").list_runs()
+    except (BackendError, OSError, ImportError):
+        pass  # no Docker engine here: only this machine's runs
+    except Exception as error:  # the Docker SDK's own errors (engine down, no permission) are not ours to type
+        if type(error).__module__.split(".")[0] != "docker":
+            raise
+    return runs
 
 
 @click.command(short_help="Stop a run and remove its container (storage keeps everything it made).")
