@@ -82,6 +82,9 @@ fi
 # 5. a headless browser for the chat web UI test
 bash tests/infra/install_chromium.sh
 
+# 5b. Pythons other than this one, each with only modal, for the Modal app's cross-interpreter import test
+bash tests/infra/make_modal_pythons.sh "$PY"
+
 # 6. the tests
 if [[ $# -eq 0 ]]; then
     set -- -q

@@ -18,8 +18,7 @@ from backends import modal_plan, modal_request
 modal = pytest.importorskip("modal")
 REPO = Path(__file__).resolve().parents[1]
 OTHER_PYTHONS = Path(os.environ.get("RUNNER_MODAL_TEST_PYTHONS", Path.home() / ".cache/nanochat-runner-test"))
-MAKE_PYTHONS = ("uv venv --python /root/.pyenv/versions/3.X.Y/bin/python ~/.cache/nanochat-runner-test/modal-py3.X && "
-                "uv pip install --python ~/.cache/nanochat-runner-test/modal-py3.X/bin/python modal==1.6.4")
+MAKE_PYTHONS = "bash tests/infra/make_modal_pythons.sh .venv/bin/python (tests/run.sh runs it; it needs that Python on this machine)"
 
 
 @pytest.fixture(scope="module")
