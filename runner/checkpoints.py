@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .storage import Storage, object_tag
+from .storage_errors import explain_storage_error, is_disk_full, is_permission
 from .transfer import SyncState
 
 FILE_RE = re.compile(r"^(model|meta|optim)_(\d+)(?:_rank(\d+))?\.(pt|json)$")
@@ -159,6 +160,7 @@ class CheckpointUploader:
         self.thread: threading.Thread | None = None
         self.failures = 0
         self.uploaded: list[int] = []
+        self.fatal: Exception | None = None  # a permanent failure, raised by finish()
 
     def start(self) -> "CheckpointUploader":
         self.done |= set(stored_checkpoints(self.storage, self.rel).complete)
@@ -177,8 +179,10 @@ class CheckpointUploader:
         if self.thread:
             self.thread.join()
         deadline = time.monotonic() + 30 * 60
-        while not self._pass(final=True) and time.monotonic() < deadline:
+        while not self.fatal and not self._pass(final=True) and time.monotonic() < deadline:
             time.sleep(min(RETRY_MAX_SEC, 2 ** min(self.failures, 6)))
+        if self.fatal:
+            raise self.fatal
         return self.uploaded
 
     def _ready(self, ckpt: LocalCheckpoint, final: bool) -> bool:
@@ -203,6 +207,10 @@ class CheckpointUploader:
             self.failures = 0
             return True
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
+            if is_permission(e) or is_disk_full(e):  # another pass cannot help: fail now, with the cause
+                self.fatal = explain_storage_error(self.storage.url, e)
+                self.stop_event.set()
+                return True
             self.failures += 1
             if self.failures in (1, 5, 20) or self.failures % 100 == 0:
                 self.log(f"checkpoint upload failed ({type(e).__name__}: {e}); retrying")
@@ -214,8 +222,7 @@ class CheckpointUploader:
             if self.state.in_sync(path):
                 continue  # landed on an earlier pass
             target = self.storage.path(f"{self.rel}/{name}")
-            self.storage.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            self.storage.fs.put_file(str(path), target)
+            self.storage.put_file(str(path), target)  # whole or not at all, even on a local disk
             info = self.storage.fs.info(target)
             if info.get("size") != path.stat().st_size:
                 raise OSError(f"{target} landed with {info.get('size')} bytes, expected {path.stat().st_size}")
