@@ -52,17 +52,18 @@ def is_permanent(error: BaseException) -> bool:
             or is_disk_full(error) or is_permission(error))
 
 
-def _is_object_store(url: str) -> bool:
-    return url.startswith(("s3://", "s3a://", "modal://"))
+def _is_local_disk(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
 
 
 def _where(url: str, error: BaseException) -> str:
     return getattr(error, "filename", None) or url
 
 
-def explain_storage_error(url: str, error: BaseException) -> StorageError:
-    """Turn an s3fs/botocore/OS exception into a StorageError that says how to fix it."""
-    if isinstance(error, StorageError):
+def explain_storage_error(url: str, error: BaseException) -> RunnerError:
+    """Turn an s3fs/botocore/OS exception into a StorageError that says how to fix it (a RunnerError, which
+    already says its fix, is returned as it is)."""
+    if isinstance(error, RunnerError):
         return error
     text = f"{type(error).__name__}: {error}"
     lowered = text.lower()
@@ -72,7 +73,7 @@ def explain_storage_error(url: str, error: BaseException) -> StorageError:
             ["Free space on that disk, or point --storage / --scratch (RUNNER_SCRATCH) at a bigger disk.",
              "Then run the same command again: files that arrived whole are kept, nothing torn was left behind."],
         )
-    if not _is_object_store(url):
+    if _is_local_disk(url):
         if is_permission(error):
             read_only = getattr(error, "errno", None) == errno.EROFS
             return StoragePermissionDenied(
