@@ -35,6 +35,8 @@ class Watch:
         self.last = time.monotonic()
         self.reported = 0
         self.last_error: BaseException | None = None
+        # A line every 15 s; more often under a short budget, so that a wait is always reported before it ends.
+        self.report_every = min(REPORT_EVERY_SEC, self.budget / 3)
 
     def touch(self, *_) -> None:
         """Something moved (bytes, a finished file): the wait starts over."""
@@ -51,10 +53,10 @@ class Watch:
     def tick(self, detail: str = "") -> None:
         """Called by the waiting thread a few times a second: report a long wait, give up at the budget."""
         idle = self.idle()
-        if idle < REPORT_EVERY_SEC:
+        if idle < self.report_every:
             self.reported = 0
-        elif idle >= (self.reported + 1) * REPORT_EVERY_SEC:
-            self.reported = int(idle // REPORT_EVERY_SEC)
+        elif idle >= (self.reported + 1) * self.report_every:
+            self.reported = int(idle // self.report_every)
             error = f"; last error: {type(self.last_error).__name__}: {self.last_error}" if self.last_error else ""
             self.log(f"storage not answering for {idle:.0f} s, still trying: {self.what}{detail}{error}")
         if idle >= self.budget:
