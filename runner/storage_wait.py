@@ -53,15 +53,15 @@ class Watch:
     def tick(self, detail: str = "") -> None:
         """Called by the waiting thread a few times a second: report a long wait, give up at the budget."""
         idle = self.idle()
+        if idle >= self.budget:
+            self.cancel.set()
+            raise self.not_answering()
         if idle < self.report_every:
             self.reported = 0
         elif idle >= (self.reported + 1) * self.report_every:
             self.reported = int(idle // self.report_every)
             error = f"; last error: {type(self.last_error).__name__}: {self.last_error}" if self.last_error else ""
             self.log(f"storage not answering for {idle:.0f} s, still trying: {self.what}{detail}{error}")
-        if idle >= self.budget:
-            self.cancel.set()
-            raise self.not_answering()
 
     def not_answering(self) -> StorageNotAnswering:
         error = f" (last error: {type(self.last_error).__name__}: {self.last_error})" if self.last_error else ""

@@ -110,7 +110,11 @@ def _copy(src: Storage, dst: Storage, rel: str, size: int, watch: Watch) -> None
         except BaseException:
             # A buffered S3 writer would upload what it holds on close: discard it instead.
             with contextlib.suppress(Exception):
-                writer.discard() if hasattr(writer, "discard") else writer.close()
+                if hasattr(writer, "discard") and not dst.is_local:
+                    writer.discard()
+                    writer.closed = True  # or its finalizer would upload the half it holds
+                else:
+                    writer.close()
             if dst.is_local:
                 with contextlib.suppress(OSError):
                     os.unlink(landing)
