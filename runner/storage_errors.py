@@ -10,9 +10,11 @@ whose message matches the cause: a local permission problem never reads like an 
 from __future__ import annotations
 
 import errno
+import re
 
 from .errors import RunnerError, StorageError
 
+TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{8}\.part$")  # storage_copy.temp_name
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 S3_DENIED_WORDS = ("accessdenied", "access denied", "forbidden", "403", "allaccessdisabled")
@@ -57,7 +59,8 @@ def _is_local_disk(url: str) -> bool:
 
 
 def _where(url: str, error: BaseException) -> str:
-    return getattr(error, "filename", None) or url
+    """The file the error is about, by its real name (not the temporary one it was being written under)."""
+    return TEMP_SUFFIX.sub("", str(getattr(error, "filename", None) or url))
 
 
 def explain_storage_error(url: str, error: BaseException) -> RunnerError:

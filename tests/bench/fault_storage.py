@@ -114,15 +114,18 @@ def interrupt_sync(sig: int):
         storage = open_storage(url, check=False)
         args = ["sync", str(lab.root / "big-files"), url + "/base_data", "--workers", "2"]
         proc = lab.start(args, env)
-        if not wait_for(lambda: storage.find("base_data"), proc):
+        def copied() -> dict[str, int]:  # the files of the sync (its storage probe under _runner/ is not one)
+            return {n: s for n, (s, _) in storage.find("base_data").items() if n.endswith(".parquet")}
+
+        if not wait_for(copied, proc):
             proc.kill()
             return Outcome(False, False, float("nan"), "sync ended before the signal")
         proc.send_signal(sig)
         seconds = stop_within(proc)
-        landed = {n: s for n, (s, _) in storage.find("base_data").items()}
+        landed = copied()
         again = lab.start(args, env, "again.log")
         again.wait(timeout=300)
-        final = {n: s for n, (s, _) in storage.find("base_data").items()}
+        final = copied()
         return Outcome(proc.returncode == 130 and again.returncode == 0 and len(landed) < len(whole),
                        not _whole_subset(landed, whole) or final != whole, seconds, f"{len(landed)}/{len(whole)} copied when stopped")
 

@@ -54,8 +54,9 @@ def _kill_agent(lab: Lab, proc) -> None:
     wait_for(lambda: not any(pid_alive(p) for p in trainers), timeout=30)
 
 
-def _recover(lab: Lab, url: str, args: list[str], env: dict) -> Outcome:
-    """Run the same command again; seconds to recovery = that rerun; data lost = checkpoints not as without the fault."""
+def _recover(lab: Lab, url: str, args: list[str], env: dict, compare: bool = True) -> Outcome:
+    """Run the same command again; seconds to recovery = that rerun; data lost = checkpoints not as without the fault
+    (every step sealed and, with `compare`, the same bytes as the reference run)."""
     import os
 
     from runner.checkpoints import stored_checkpoints
@@ -67,7 +68,7 @@ def _recover(lab: Lab, url: str, args: list[str], env: dict) -> Outcome:
     os.environ.update(lab.server.env())
     storage = open_storage(url, check=False)
     complete = set(stored_checkpoints(storage, "base_checkpoints/d4").complete)
-    lost = complete != EXPECTED_STEPS or checkpoint_digest(storage) != reference(lab)
+    lost = complete != EXPECTED_STEPS or (compare and checkpoint_digest(storage) != reference(lab))
     return Outcome(again.code == 0, lost, seconds, "" if again.code == 0 else again.output[-200:].replace("\n", " "))
 
 
@@ -103,7 +104,6 @@ def kill_9_during_upload(lab: Lab) -> Outcome:
 
     from runner.storage import open_storage
 
-    reference(lab)
     url = lab.bucket()
     seed_s3(url, lab.server.storage_options(), lab.tmp)
     args, env = _fault_run(lab, url, NANOCHAT_DOUBLE_STEP_SEC="0.05", NANOCHAT_DOUBLE_CKPT_MB="40")
@@ -121,7 +121,8 @@ def kill_9_during_upload(lab: Lab) -> Outcome:
         proc.kill()
         return Outcome(False, False, float("nan"), "no upload caught in progress")
     _kill_agent(lab, proc)
-    return _recover(lab, url, args, lab.s3_env(NANOCHAT_DOUBLE_CKPT_MB="40"))
+    # 40 MB checkpoint files differ from the reference run's by design: only completeness is compared.
+    return _recover(lab, url, args, lab.s3_env(NANOCHAT_DOUBLE_CKPT_MB="40"), compare=False)
 
 
 def s3_outage(lab: Lab) -> Outcome:
