@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import re
 import uuid
 from dataclasses import dataclass, field
 
 from .errors import StorageError
 from .storage_errors import StoragePermissionDenied, explain_storage_error  # noqa: F401 - re-exported
-from .storage_url import S3FS_RETRIES, SUPPORTED, parse_options, s3_options, split_url  # noqa: F401 - re-exported
+from .storage_url import S3FS_RETRIES, parse_options, s3_options, split_url
 from .storage_copy import TEMP_RE, copy_stream, watch_callback, write_local_atomically
 from .storage_wait import Watch, call_bounded, say_stderr
 

@@ -191,16 +191,15 @@ def test_an_s3_key_that_may_only_read_fails_the_upload_at_once(s3_bucket, tmp_pa
         monkeypatch.setenv(name, value)
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "model_000005.pt").write_bytes(b"x" * 1000)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER_SECRET)
-    storage = open_storage(s3_bucket.url, check=False)
+    reader = [f"key={READER_KEY}", f"secret={READER_SECRET}"]  # as options: fsspec reuses a filesystem made from the env
+    storage = open_storage(s3_bucket.url, reader, check=False)
     started = time.monotonic()
     with pytest.raises(StoragePermissionDenied) as info:
         push(storage, tmp_path / "local", "base_checkpoints/d4", SyncState(tmp_path / "scratch"), log=quiet)
     assert time.monotonic() - started < AT_ONCE_SEC
     assert "denied access" in info.value.message and "list, read and write" in info.value.message
     with pytest.raises(StoragePermissionDenied):
-        open_storage(s3_bucket.url)  # the probe writes too, so it catches the key before a run
+        open_storage(s3_bucket.url, reader)  # the probe writes too, so it catches the key before a run
 
 
 def test_an_s3_endpoint_that_never_answers_is_reported_and_given_up_within_the_budget(tmp_path, monkeypatch, capsys):

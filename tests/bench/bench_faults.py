@@ -71,7 +71,7 @@ def main() -> None:
                           f"t={outcome.seconds:.1f}s ({time.monotonic() - started:.0f}s wall) {outcome.note}", file=sys.stderr, flush=True)
                 rows.append((scenario, *summarize(outcomes)))
     print(f"\nfault benchmark: {args.repeat} run(s) each, nanochat test double, SeaweedFS on 127.0.0.1\n")
-    print(f"| row | fault | survived | data lost | seconds to clear error / recovery: median (min-max) | measured |")
+    print("| row | fault | survived | data lost | seconds to clear error / recovery: median (min-max) | measured |")
     print("|---|---|---|---|---|---|")
     for scenario, survived, lost, seconds, note in rows:
         print(f"| {scenario.row} | {scenario.what} | {survived} | {lost} | {seconds} | {scenario.measures}{'; ' + note if note else ''} |")

@@ -8,3 +8,5 @@ from tests.bench.fault_storage import SCENARIOS as STORAGE
 from tests.bench.fault_training import SCENARIOS as TRAINING
 
 SCENARIOS: list[Scenario] = [*STORAGE, *TRAINING]
+
+__all__ = ["Lab", "Outcome", "SCENARIOS", "Scenario"]

@@ -5,7 +5,6 @@ connections and never answers. Each is a context manager that undoes itself."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import threading
