@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .storage import Storage, object_tag
+from .storage_errors import StorageNotAnswering, explain_storage_error, is_disk_full, is_permission
+from .storage_url import BUDGET_ENV, storage_budget_sec
 from .transfer import SyncState
 
 FILE_RE = re.compile(r"^(model|meta|optim)_(\d+)(?:_rank(\d+))?\.(pt|json)$")
@@ -159,6 +161,8 @@ class CheckpointUploader:
         self.thread: threading.Thread | None = None
         self.failures = 0
         self.uploaded: list[int] = []
+        self.fatal: Exception | None = None  # a permanent failure, raised by finish()
+        self.last_error = ""
 
     def start(self) -> "CheckpointUploader":
         self.done |= set(stored_checkpoints(self.storage, self.rel).complete)
@@ -176,9 +180,22 @@ class CheckpointUploader:
         self.stop_event.set()
         if self.thread:
             self.thread.join()
-        deadline = time.monotonic() + 30 * 60
-        while not self._pass(final=True) and time.monotonic() < deadline:
-            time.sleep(min(RETRY_MAX_SEC, 2 ** min(self.failures, 6)))
+        # Storage that stays away is given up after the storage budget without progress (RUNNER_STORAGE_TIMEOUT_SEC),
+        # not retried for half an hour: the error says so, and the checkpoints stay in scratch for a rerun.
+        budget, seen, last_progress = storage_budget_sec(), len(self.uploaded), time.monotonic()
+        while not self.fatal and not self._pass(final=True):
+            if len(self.uploaded) != seen:
+                seen, last_progress = len(self.uploaded), time.monotonic()
+            elif time.monotonic() - last_progress >= budget:
+                raise StorageNotAnswering(
+                    f"Checkpoints of {self.rel} could not be uploaded to {self.storage.url} for {budget:.0f} s after training "
+                    f"ended (last error: {self.last_error}).",
+                    ["Check that the storage is up and reachable from this node.",
+                     f"Run the same command again while this node's scratch still holds them; {BUDGET_ENV} sets how long to wait."],
+                )
+            time.sleep(min(RETRY_MAX_SEC, 2 ** min(self.failures, 6), budget / 4))
+        if self.fatal:
+            raise self.fatal
         return self.uploaded
 
     def _ready(self, ckpt: LocalCheckpoint, final: bool) -> bool:
@@ -203,7 +220,12 @@ class CheckpointUploader:
             self.failures = 0
             return True
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
+            if is_permission(e) or is_disk_full(e):  # another pass cannot help: fail now, with the cause
+                self.fatal = explain_storage_error(self.storage.url, e)
+                self.stop_event.set()
+                return True
             self.failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"
             if self.failures in (1, 5, 20) or self.failures % 100 == 0:
                 self.log(f"checkpoint upload failed ({type(e).__name__}: {e}); retrying")
             return False
@@ -214,8 +236,7 @@ class CheckpointUploader:
             if self.state.in_sync(path):
                 continue  # landed on an earlier pass
             target = self.storage.path(f"{self.rel}/{name}")
-            self.storage.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            self.storage.fs.put_file(str(path), target)
+            self.storage.put_file(str(path), target)  # whole or not at all, even on a local disk
             info = self.storage.fs.info(target)
             if info.get("size") != path.stat().st_size:
                 raise OSError(f"{target} landed with {info.get('size')} bytes, expected {path.stat().st_size}")

@@ -2,9 +2,13 @@
 
 `open_storage` turns a URL (a plain path, file://, s3://bucket/prefix, memory://) into a `Storage` rooted at it,
 and proves before any money is spent that it can list and write there: malformed URLs, missing or wrong
-credentials, unknown buckets and unreachable endpoints each become a `StorageError` that says what to do.
-S3 settings come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
-AWS_DEFAULT_REGION) or from `--storage-option key=value`.
+credentials, unknown buckets, unreachable endpoints and unwritable folders each become a `StorageError` that
+says what to do. S3 settings come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) or from `--storage-option key=value` (storage_url.py).
+
+Every file lands whole: on a local disk it is written under a temporary name in the same folder and renamed
+(a full disk or a Ctrl-C leaves no torn file under the real name); on an object store a PUT is atomic. Calls to a
+remote store are watched (storage_wait.py): a silent server is reported every 15 s and given up at the budget.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import StorageError
+from .storage_errors import StoragePermissionDenied, explain_storage_error  # noqa: F401 - re-exported
+from .storage_url import S3FS_RETRIES, parse_options, s3_options, split_url
+from .storage_copy import TEMP_RE, copy_stream, watch_callback, write_local_atomically
+from .storage_wait import Watch, call_bounded, say_stderr
 
-SUPPORTED = ("a local path", "file://PATH", "s3://BUCKET/PREFIX", "modal://VOLUME/PATH", "memory://PATH")
 # Registered by name and imported only when used, as fsspec does with its own protocols.
 MODAL_FS = "runner.modal_fs.ModalVolumeFileSystem"
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-# S3 options that people type as top-level keys but s3fs expects inside client_kwargs / config_kwargs.
-CLIENT_KWARGS = {"endpoint_url", "region_name"}
 RUNNER_DIR = "_runner"
+# Folders of a local storage the runner writes into, checked for write access before a run.
+WRITTEN_FOLDERS = (RUNNER_DIR, "base_data", "tokenizer", "report")
+MAX_FOLDERS_CHECKED = 2000
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Storage:
     fs: object
     root: str
     url: str
+    log: object = field(default=say_stderr, repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -46,12 +53,24 @@ class Storage:
     def url_of(self, rel: str) -> str:
         return self.url.rstrip("/") + "/" + rel.strip("/")
 
+    def bounded(self, fn, what: str):
+        """A remote call waits out loud and at most the budget; a local one runs as it is."""
+        if self.is_local or "memory" in _protocols(self.fs):
+            return fn()
+        return call_bounded(fn, what, self.url, self.log)
+
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        return self.bounded(lambda: self.fs.exists(self.path(rel)), f"checking {self.url_of(rel)}")
+
+    def info(self, rel: str) -> dict:
+        return self.bounded(lambda: self.fs.info(self.path(rel)), f"reading the size of {self.url_of(rel)}")
 
     def read_text(self, rel: str) -> str:
-        with self.fs.open(self.path(rel), "rb") as f:
-            return f.read().decode()
+        def read():
+            with self.fs.open(self.path(rel), "rb") as f:
+                return f.read().decode()
+
+        return self.bounded(read, f"reading {self.url_of(rel)}")
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -60,32 +79,55 @@ class Storage:
         """Write a small file whole; on object stores a PUT is atomic, locally we write then rename."""
         target = self.path(rel)
         if self.is_local:
-            os.makedirs(posixpath.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            write_local_atomically(target, lambda f: f.write(data))
             return
-        self.fs.pipe_file(target, data)
+        self.bounded(lambda: self.fs.pipe_file(target, data), f"writing {self.url_of(rel)}")
+
+    def put_file(self, local: str, target: str, watch: Watch | None = None) -> None:
+        """Copy a local file to the full storage path `target`, whole or not at all (see write_local_atomically)."""
+        if self.is_local:
+            with open(local, "rb") as reader:
+                write_local_atomically(target, lambda f: copy_stream(reader, f, watch))
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if watch is None:
+            self.bounded(lambda: self.fs.put_file(local, target), f"uploading {target}")
+        else:
+            self.fs.put_file(local, target, callback=watch_callback(watch))
+
+    def get_file(self, source: str, local: str, watch: Watch | None = None) -> None:
+        """Copy the full storage path `source` into the local file `local` (the caller renames it when whole)."""
+        if self.is_local:
+            with open(source, "rb") as reader, open(local, "wb") as writer:
+                copy_stream(reader, writer, watch)
+            return
+        self.fs.get_file(source, local, **({"callback": watch_callback(watch)} if watch is not None else {}))
 
     def remove(self, rel: str) -> None:
-        if self.fs.exists(self.path(rel)):
-            self.fs.rm(self.path(rel), recursive=True)
+        def remove():
+            if self.fs.exists(self.path(rel)):
+                self.fs.rm(self.path(rel), recursive=True)
+
+        self.bounded(remove, f"removing {self.url_of(rel)}")
 
     def find(self, rel: str) -> dict[str, tuple[int, str]]:
         """{path relative to `rel`: (size, version tag)} for every file under `rel` ("" for `rel` itself).
 
-        The tag (ETag on S3, mtime locally) changes when an object is rewritten, even at the same size.
+        The tag (ETag on S3, mtime locally) changes when an object is rewritten, even at the same size. Files
+        still being written (temporary names) are not listed.
         """
         base = self.path(rel).rstrip("/")
         self.invalidate(base)  # another process (or thread) may have written here: never trust a cached listing
-        try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return {}
+
+        def listing():
+            try:
+                return self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return {}
+
         out = {}
-        for full, info in found.items():
-            if info.get("type") == "directory":
+        for full, info in self.bounded(listing, f"listing {self.url_of(rel)}").items():
+            if info.get("type") == "directory" or TEMP_RE.search(full):
                 continue
             full = full.rstrip("/")
             relative = "" if full == base else posixpath.relpath(full, base)
@@ -110,77 +152,6 @@ def _protocols(fs) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """`key=value` strings into fsspec options; S3 endpoint/region go where s3fs wants them."""
-    options: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise StorageError(f"--storage-option {pair!r} is not KEY=VALUE.", ["Write it as e.g. --storage-option endpoint_url=http://127.0.0.1:8333."])
-        if value.lower() in ("true", "false"):
-            options[key] = value.lower() == "true"
-        else:
-            options[key] = value
-    return options
-
-
-def _s3_options(options: dict) -> dict:
-    options = dict(options)
-    client = dict(options.pop("client_kwargs", {}) or {})
-    for key in CLIENT_KWARGS:
-        if key in options:
-            client[key] = options.pop(key)
-    if "region" in options:
-        client["region_name"] = options.pop("region")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and "endpoint_url" not in client:
-        client["endpoint_url"] = endpoint
-    if "endpoint_url" in client and not re.match(r"^https?://[^/\s]+", str(client["endpoint_url"])):
-        raise StorageError(f"S3 endpoint {client['endpoint_url']!r} is not an http(s) URL.", ["Use a form like http://127.0.0.1:8333 or https://s3.example.com."])
-    if os.environ.get("AWS_DEFAULT_REGION") and "region_name" not in client:
-        client["region_name"] = os.environ["AWS_DEFAULT_REGION"]
-    # Fail fast on a dead endpoint instead of retrying for minutes; transfers set their own retries.
-    config = dict(options.pop("config_kwargs", {}) or {})
-    config.setdefault("connect_timeout", 10)
-    config.setdefault("read_timeout", 120)
-    config.setdefault("retries", {"max_attempts": 4, "mode": "standard"})
-    # Many files move at once (see transfer.py); splitting each into concurrent ranges only costs CPU.
-    options.setdefault("max_concurrency", 1)
-    options["client_kwargs"] = client
-    options["config_kwargs"] = config
-    return options
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """(protocol, path) with validation; a plain path is protocol "file"."""
-    if not url or not url.strip():
-        raise StorageError("The storage URL is empty.", ["Pass --storage with a path or s3://bucket/prefix."])
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://(.*)$", url)
-    if not match:
-        if "://" in url or url.startswith("s3:"):
-            raise StorageError(f"Storage URL {url!r} is malformed.", [f"Use one of: {', '.join(SUPPORTED)}."])
-        return "file", os.path.abspath(os.path.expanduser(url))
-    protocol, rest = match.group(1).lower(), match.group(2)
-    if protocol == "file":
-        return "file", os.path.abspath(rest or "/")
-    if protocol in ("s3", "s3a"):
-        bucket = rest.split("/", 1)[0]
-        if not bucket or not BUCKET_RE.match(bucket) or ".." in bucket:
-            raise StorageError(
-                f"{url!r} does not name a valid S3 bucket ({bucket!r}).",
-                ["Use s3://BUCKET/PREFIX with a bucket name of 3-63 lowercase letters, digits, dots or hyphens."],
-            )
-        return "s3", rest.rstrip("/")
-    if protocol == "memory":
-        return "memory", "/" + rest.strip("/")
-    if protocol == "modal":
-        volume = rest.split("/", 1)[0]
-        if not re.match(r"^[a-zA-Z0-9._-]{1,63}$", volume):
-            raise StorageError(f"{url!r} does not name a Modal Volume ({volume!r}).", ["Use modal://VOLUME/PREFIX with a volume name of letters, digits, '.', '-' or '_'."])
-        return "modal", rest.strip("/")
-    raise StorageError(f"Storage protocol {protocol!r} is not supported.", [f"Use one of: {', '.join(SUPPORTED)}."])
-
-
 def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check: bool = True) -> Storage:
     """Open the storage at `url` and, with `check`, prove it can be listed and written to."""
     import fsspec
@@ -188,7 +159,7 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
     protocol, path = split_url(url)
     options = parse_options(list(option_pairs))
     if protocol == "s3":
-        options = _s3_options(options)
+        options = s3_options(options)
     if protocol == "modal":
         _register_modal()
     try:
@@ -197,10 +168,15 @@ def open_storage(url: str, option_pairs: list[str] | tuple[str, ...] = (), check
         raise StorageError(f"The {protocol}:// filesystem is not installed ({e}).", ["pip install s3fs (it comes with nanochat-runner)."])
     except TypeError as e:
         raise StorageError(f"A --storage-option is not understood by the {protocol} filesystem: {e}.", ["Check the option names against the fsspec/s3fs docs."])
+    if protocol == "s3":
+        fs.retries = S3FS_RETRIES  # s3fs's own loop around botocore's; the runner's budget bounds the rest
     if protocol == "file" and check:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
+            explained = explain_storage_error(path, e)
+            if isinstance(explained, StoragePermissionDenied):
+                raise explained from None
             raise StorageError(f"Cannot use {path} as the storage folder ({e.strerror or e}).",
                                ["Point --storage at a folder you can write to (a file of that name is in the way, or permissions are missing)."]) from None
     storage = Storage(fs=fs, root=path, url=url if "://" in url else path)
@@ -238,12 +214,14 @@ def reading(url: str):
 
 
 def check_access(storage: Storage) -> None:
-    """List the root and write, read back and delete a probe file under _runner/."""
+    """List the root and write, read back and delete a probe file under _runner/; on a local disk also find the
+    folders the runner writes into (checkpoints, shards, run records) that this user cannot write."""
     probe = f"{RUNNER_DIR}/.probe-{uuid.uuid4().hex[:12]}"
     try:
         if storage.url.startswith(("s3://", "s3a://")):
             # Some S3 servers create a missing bucket on the first PUT; ask for it explicitly first.
-            storage.fs.info(storage.root.split("/", 1)[0])
+            bucket = storage.root.split("/", 1)[0]
+            storage.bounded(lambda: storage.fs.info(bucket), f"looking up bucket {bucket}")
         storage.write_text(probe, "ok")
         if storage.read_text(probe) != "ok":
             raise StorageError(f"A probe written to {storage.url} read back differently.", ["Check the storage for a proxy or a misconfigured gateway."])
@@ -252,29 +230,29 @@ def check_access(storage: Storage) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - every failure here is translated into a fixable message
         raise explain_storage_error(storage.url, e) from None
+    if storage.is_local:
+        blocked = unwritable_folders(storage.root)
+        if blocked:
+            listed = ", ".join(blocked[:5]) + (f" and {len(blocked) - 5} more" if len(blocked) > 5 else "")
+            raise StoragePermissionDenied(
+                f"The storage at {storage.url} has folders this user cannot write into: {listed}.",
+                ["Give the user running the runner write access to them (chown/chmod), or remount read-write.",
+                 "Or point --storage at a copy you can write to (`runner sync SRC DST`)."],
+            )
 
 
-def explain_storage_error(url: str, error: Exception) -> StorageError:
-    """Turn an s3fs/botocore/OS exception into a StorageError that says how to fix it."""
-    text = f"{type(error).__name__}: {error}"
-    lowered = text.lower()
-    if "nosuchbucket" in lowered or "bucket does not exist" in lowered or (
-        isinstance(error, FileNotFoundError) and url.startswith("s3")
-    ):
-        bucket = url.split("://", 1)[1].split("/", 1)[0]
-        return StorageError(f"The bucket of {url} does not exist ({text}).", [f"Create it first, e.g. `aws s3 mb s3://{bucket}` (add --endpoint-url for a non-AWS server)."])
-    if any(k in lowered for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "forbidden", "permissionerror", "403")):
-        return StorageError(
-            f"The storage at {url} refused the credentials ({text}).",
-            ["Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --storage-option key=... secret=...).", "Make sure the key may list, read and write under that prefix."],
-        )
-    if any(k in lowered for k in ("nocredentials", "unable to locate credentials", "credentials")):
-        return StorageError(f"No credentials were found for {url} ({text}).", ["Export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --storage-option key=... secret=...."])
-    if any(k in lowered for k in ("connect", "endpoint", "timed out", "timeout", "name or service", "refused", "unreachable")):
-        return StorageError(
-            f"Cannot reach the storage at {url} ({text}).",
-            ["Check the endpoint (AWS_ENDPOINT_URL or --storage-option endpoint_url=...) and that the server is up.", "Check the network path from this machine to it."],
-        )
-    if isinstance(error, (PermissionError, OSError)) and not url.startswith("s3"):
-        return StorageError(f"Cannot write to {url} ({text}).", ["Use a directory you can write to, or fix its permissions.", "If the disk is full, free space or point --storage elsewhere."])
-    return StorageError(f"The storage at {url} failed a write/read check ({text}).", ["Check the URL, the credentials and the server's logs."])
+def unwritable_folders(root: str) -> list[str]:
+    """Folders under a local storage root that the runner writes into and this user may not (os.access: as
+    root, only read-only mounts and immutable folders show)."""
+    tops = [root] + [posixpath.join(root, name) for name in sorted(os.listdir(root))
+                     if name in WRITTEN_FOLDERS or name.endswith("_checkpoints")]
+    blocked, seen = [], 0
+    for top in tops:
+        walker = [(top, [], [])] if top == root else os.walk(top)
+        for folder, _, _ in walker:
+            seen += 1
+            if seen > MAX_FOLDERS_CHECKED:
+                return blocked
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+                blocked.append(folder)
+    return blocked

@@ -2,24 +2,28 @@
 
 A file is copied when DST lacks it or when it differs: by size, then by content checksum (MD5 for local files,
 the ETag for S3 objects, including multipart ETags recomputed from the local file). Copies run in parallel, land
-whole (a `.part` file renamed locally; a single object PUT on S3), and are checked for size on arrival. Any
-failure is raised after the others finish, naming the files: unlike `fsspec.generic.rsync`, nothing is
-swallowed, and nothing is deleted unless `delete=True`.
+whole (a temporary name renamed locally; an S3 upload discarded unless complete), and are checked for size on
+arrival. Any failure is raised after the others finish, naming the files: unlike `fsspec.generic.rsync`, nothing
+is swallowed, and nothing is deleted unless `delete=True`. Ctrl-C or SIGTERM stops the copies within seconds
+(transfer_pool.py) and removes their partial files; the next sync skips what already arrived.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
-import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from .errors import TransferError
 from .storage import Storage
+from .storage_copy import copy_stream, temp_name
+from .storage_wait import Watch
 from .transfer import Progress
+from .transfer_pool import run_batch
 
 MIB = 1024 * 1024
 COMMON_PART_SIZES = (5 * MIB, 8 * MIB, 16 * MIB, 50 * MIB, 64 * MIB, 100 * MIB)
@@ -39,12 +43,15 @@ def _is_s3(storage: Storage) -> bool:
     return "s3" in (storage.fs.protocol if isinstance(storage.fs.protocol, tuple) else (storage.fs.protocol,))
 
 
-def _md5_parts(storage: Storage, rel: str, part_size: int | None) -> str:
+def _md5_parts(storage: Storage, rel: str, part_size: int | None, watch: Watch | None = None) -> str:
     """MD5 of the content, or the S3 multipart ETag form (md5 of part md5s, "-N") for a part size."""
     whole, parts = hashlib.md5(), []
     current, filled = hashlib.md5(), 0
     with storage.fs.open(storage.path(rel), "rb") as f:
         for block in iter(lambda: f.read(MIB), b""):
+            if watch is not None:
+                watch.check()
+                watch.touch()
             whole.update(block)
             if part_size:
                 current.update(block)
@@ -65,17 +72,17 @@ def _etag(storage: Storage, rel: str) -> str | None:
     return str(tag).strip('"') if tag else None
 
 
-def _matches(storage: Storage, rel: str, tag: str, size: int) -> bool:
+def _matches(storage: Storage, rel: str, tag: str, size: int, watch: Watch | None = None) -> bool:
     """Does the content of storage:rel have this S3 ETag (a plain MD5, or a multipart "md5-N")?"""
     if "-" not in tag:
-        return _md5_parts(storage, rel, None) == tag
+        return _md5_parts(storage, rel, None, watch) == tag
     count = int(tag.rsplit("-", 1)[1])
     derived = -(-size // count)  # the part size if the parts are equal, rounded up to whole MiB below
     candidates = {-(-derived // MIB) * MIB, *COMMON_PART_SIZES}
-    return any(-(-size // p) == count and _md5_parts(storage, rel, p) == tag for p in sorted(candidates))
+    return any(-(-size // p) == count and _md5_parts(storage, rel, p, watch) == tag for p in sorted(candidates))
 
 
-def same_content(src: Storage, dst: Storage, rel: str, size: int) -> bool:
+def same_content(src: Storage, dst: Storage, rel: str, size: int, watch: Watch | None = None) -> bool:
     """Equal sizes are not enough (a retrained tokenizer keeps its size): compare checksums.
 
     An S3 side offers its ETag; the other side is hashed to match it. Two local sides are both hashed.
@@ -85,18 +92,34 @@ def same_content(src: Storage, dst: Storage, rel: str, size: int) -> bool:
     if src_tag and src_tag == dst_tag:
         return True
     if dst_tag:
-        return _matches(src, rel, dst_tag, size)
+        return _matches(src, rel, dst_tag, size, watch)
     if src_tag:
-        return _matches(dst, rel, src_tag, size)
-    return _md5_parts(src, rel, None) == _md5_parts(dst, rel, None)
+        return _matches(dst, rel, src_tag, size, watch)
+    return _md5_parts(src, rel, None, watch) == _md5_parts(dst, rel, None, watch)
 
 
-def _copy(src: Storage, dst: Storage, rel: str, size: int) -> None:
+def _copy(src: Storage, dst: Storage, rel: str, size: int, watch: Watch) -> None:
+    """Copy one file in chunks; a copy that stops half way (failure, Ctrl-C) leaves nothing under the real name."""
     target = dst.path(rel)
     dst.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-    landing = f"{target}.part" if dst.is_local else target
-    with src.fs.open(src.path(rel), "rb") as reader, dst.fs.open(landing, "wb") as writer:
-        shutil.copyfileobj(reader, writer, length=8 * MIB)
+    landing = temp_name(target) if dst.is_local else target
+    with src.fs.open(src.path(rel), "rb") as reader:
+        writer = dst.fs.open(landing, "wb")
+        try:
+            copy_stream(reader, writer, watch)
+        except BaseException:
+            # A buffered S3 writer would upload what it holds on close: discard it instead.
+            with contextlib.suppress(Exception):
+                if hasattr(writer, "discard") and not dst.is_local:
+                    writer.discard()
+                    writer.closed = True  # or its finalizer would upload the half it holds
+                else:
+                    writer.close()
+            if dst.is_local:
+                with contextlib.suppress(OSError):
+                    os.unlink(landing)
+            raise
+        writer.close()
     if dst.is_local:
         os.replace(landing, target)
     dst.fs.invalidate_cache(target) if hasattr(dst.fs, "invalidate_cache") else None
@@ -111,11 +134,13 @@ def sync(src: Storage, dst: Storage, delete: bool = False, dry_run: bool = False
     dst_files = {k: v[0] for k, v in dst.find("").items()}
     started = time.monotonic()
 
-    def needs_copy(rel: str) -> bool:
-        return rel not in dst_files or dst_files[rel] != src_files[rel] or not same_content(src, dst, rel, src_files[rel])
+    compare = Watch(f"comparing {src.url} with {dst.url}", dst.url, log)
+    decisions: dict[str, bool] = {}
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decisions = dict(zip(src_files, pool.map(needs_copy, src_files)))
+    def decide(rel: str) -> None:
+        decisions[rel] = rel not in dst_files or dst_files[rel] != src_files[rel] or not same_content(src, dst, rel, src_files[rel], compare)
+
+    run_batch([lambda rel=rel: decide(rel) for rel in src_files], workers, compare)
     todo = sorted(rel for rel, copy in decisions.items() if copy)
     result.identical = len(src_files) - len(todo)
     stale = sorted(set(dst_files) - set(src_files)) if delete else []
@@ -124,18 +149,26 @@ def sync(src: Storage, dst: Storage, delete: bool = False, dry_run: bool = False
         return result
     progress = Progress(f"sync {src.url} -> {dst.url}", len(todo), sum(src_files[r] for r in todo), log)
     failures: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_copy, src, dst, rel, src_files[rel]): rel for rel in todo}
-        for future in as_completed(futures):
-            rel = futures[future]
-            try:
-                future.result()
-                result.copied.append(rel)
-                result.bytes += src_files[rel]
-                progress.advance(src_files[rel])
-            except Exception as e:  # noqa: BLE001 - collected and raised below, after the other copies
+    lock = threading.Lock()
+    watch = Watch(f"sync {src.url} -> {dst.url}", dst.url, log)
+
+    def copy(rel: str) -> None:
+        try:
+            _copy(src, dst, rel, src_files[rel], watch)
+        except Exception as e:  # noqa: BLE001 - collected and raised below, after the other copies
+            with lock:
                 failures[rel] = f"{type(e).__name__}: {e}"
-    progress.close()
+            return
+        with lock:
+            result.copied.append(rel)
+            result.bytes += src_files[rel]
+        progress.advance(src_files[rel])
+
+    try:
+        run_batch([lambda rel=rel: copy(rel) for rel in todo], workers, watch,
+                  detail=lambda: f" ({len(todo) - len(result.copied) - len(failures)} file(s) left)")
+    finally:
+        progress.close()
     if failures:
         listed = "\n  ".join(f"{rel}: {why}" for rel, why in sorted(failures.items())[:20])
         raise TransferError(

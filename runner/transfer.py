@@ -2,8 +2,11 @@
 
 `pull` and `push` copy the files under one storage path. A file is copied when the other side lacks it or when
 it changed since the last copy (a small state file in scratch remembers size and mtime of what was copied, so
-a retrained tokenizer of the same size is still pushed). Every copy is checked for its size on arrival; a
-download lands in a `.part` file and is renamed only when whole. Errors are raised, never swallowed.
+a retrained tokenizer of the same size is still pushed). Every copy is checked for its size on arrival and
+lands whole: a download in a `.part` file renamed when whole, an upload to a local storage under a temporary
+name (storage_copy.py), to S3 as one PUT. Transient failures are retried within one budget of silence
+(storage_wait.py), permanent ones (full disk, permission refused) end the batch at once with their fix, and
+Ctrl-C stops the batch within seconds, removing partial files (transfer_pool.py). Errors are never swallowed.
 """
 
 from __future__ import annotations
@@ -14,25 +17,15 @@ import posixpath
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import retry, retry_if_not_exception_type, stop_after_delay, wait_exponential
-
-from .errors import RunnerError, TransferError
+from .errors import TransferError
 from .storage import Storage, explain_storage_error, object_tag
+from .storage_wait import Watch
+from .transfer_pool import run_batch
 
 DEFAULT_WORKERS = 8
-# A file copy that fails for a transient reason (storage restarting, a dropped connection) is retried for this
-# long before the phase gives up; a wrong size (TransferError) is not transient and is raised at once.
-RETRY_FOR_SEC = 180
-retry_transient = retry(
-    stop=stop_after_delay(RETRY_FOR_SEC),
-    wait=wait_exponential(multiplier=1, max=15),
-    retry=retry_if_not_exception_type((TransferError, PermissionError, FileNotFoundError)),
-    reraise=True,
-)
 STATE_FILE = ".runner-sync-state.json"
 
 
@@ -123,21 +116,14 @@ class Progress:
             self.log(self._line())
 
 
-def _run_parallel(jobs, workers: int, storage: Storage) -> None:
-    """Run (callable) jobs on a thread pool; re-raise the first failure as a RunnerError."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                future.result()
-        except RunnerError:
-            for f in futures:
-                f.cancel()
-            raise
-        except Exception as e:  # noqa: BLE001
-            for f in futures:
-                f.cancel()
-            raise explain_storage_error(storage.url, e) from None
+def _run_parallel(jobs, workers: int, storage: Storage, watch: Watch, progress: "Progress") -> None:
+    """Run (callable) jobs on worker threads; re-raise the first failure as a RunnerError that says the fix."""
+    try:
+        run_batch(jobs, workers, watch, detail=lambda: f" ({progress.total_files - progress.done_files} file(s) left)")
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise explain_storage_error(storage.url, e) from None
 
 
 def _check_disk(local_dir: Path, need_bytes: int) -> None:
@@ -173,24 +159,29 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
     total = sum(t[1] for t in todo)
     _check_disk(local, total)
     progress = Progress(f"pull {rel}", len(todo), total, log)
+    watch = Watch(f"pull {storage.url_of(rel)}", storage.url, log)
     start = time.monotonic()
 
-    @retry_transient
     def fetch(sub: str, size: int, target: Path, tag: str) -> None:
         source = storage.path(posixpath.join(rel, sub) if sub else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
-        storage.fs.get_file(source, str(part))
-        got = part.stat().st_size
-        if got != size:
+        try:
+            watch.retrying(lambda: storage.get_file(source, str(part), watch))
+            got = part.stat().st_size
+            if got != size:
+                raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
+            os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
+        except OSError as e:
+            e.filename = e.filename or str(part)  # a full scratch disk is named as such, not as the storage
+            raise
+        finally:
             part.unlink(missing_ok=True)
-            raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
-        os.replace(part, target)
         state.record(target, tag)
         progress.advance(size)
 
     try:
-        _run_parallel([lambda t=t: fetch(*t) for t in todo], workers, storage)
+        _run_parallel([lambda t=t: fetch(*t) for t in todo], workers, storage, watch, progress)
     finally:
         progress.close()
         state.save()
@@ -215,22 +206,21 @@ def push(storage: Storage, local: Path, rel: str, state: SyncState, workers: int
         return stats
     total = sum(p.stat().st_size for p, _ in todo)
     progress = Progress(f"push {rel}", len(todo), total, log)
+    watch = Watch(f"push {storage.url_of(rel)}", storage.url, log)
     start = time.monotonic()
 
-    @retry_transient
     def send(path: Path, sub: str) -> None:
         target = storage.path(posixpath.join(rel, sub) if sub else rel)
         size = path.stat().st_size
-        storage.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        storage.fs.put_file(str(path), target)
-        info = storage.fs.info(target)
+        watch.retrying(lambda: storage.put_file(str(path), target, watch))
+        info = watch.retrying(lambda: storage.fs.info(target))
         if info.get("size") != size:
             raise TransferError(f"{target} landed with {info.get('size')} bytes, the local file has {size}.", ["Run again; if it repeats, check the storage server."])
         state.record(path, object_tag(info))
         progress.advance(size)
 
     try:
-        _run_parallel([lambda t=t: send(*t) for t in todo], workers, storage)
+        _run_parallel([lambda t=t: send(*t) for t in todo], workers, storage, watch, progress)
     finally:
         progress.close()
         state.save()

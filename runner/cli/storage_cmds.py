@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import click
 
 from .options import storage_option
+
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler, `kill`) stops a copy the way Ctrl-C does: at once, cleaning up."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command(short_help="Write a run's report (metrics, costs, plots) into its storage.")
@@ -82,7 +101,13 @@ def sync(src, dst, delete, dry_run, workers, src_options, dst_options):
 
         raise StorageError(f"{src} holds no files (or cannot be listed).", ["Check the source URL and its credentials."])
     target = open_storage(dst, dst_options, check=not dry_run)
-    result = run_sync(source, target, delete=delete, dry_run=dry_run, workers=workers, log=click.echo)
+    try:
+        with sigterm_as_interrupt():
+            result = run_sync(source, target, delete=delete, dry_run=dry_run, workers=workers, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo("sync interrupted: copies stopped, partial files removed; run the same sync again to continue "
+                   "(what arrived is skipped)", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     verb = "would copy" if dry_run else "copied"
     click.echo(f"{verb} {len(result.copied)} file(s) ({result.bytes / 1e6:,.1f} MB in {result.seconds:.1f}s), "
                f"{result.identical} identical, {'would delete' if dry_run else 'deleted'} {len(result.deleted)}")

@@ -65,6 +65,9 @@ MISSING_WEED_HINT = (
 )
 
 
+READER_KEY, READER_SECRET = "readerkey", "readersecret"
+
+
 class WeedNotFoundError(RuntimeError):
     """The ``weed`` binary is not installed in this environment."""
 
@@ -291,7 +294,9 @@ class SeaweedFS:
                     "name": "admin",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
+                },
+                # A key that may only read: writes get AccessDenied (403), as with a too narrow IAM policy.
+                {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}], "actions": ["Read", "List"]},
             ]
         }
         self.config_path.write_text(json.dumps(identities, indent=2) + "\n")
