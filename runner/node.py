@@ -18,6 +18,7 @@ from . import markers, preseed, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
 from .errors import PhaseFailed, PlanError, PreseedError
+from .lease import hold_model_lease
 from .nanochat_env import locate
 from .process import LogSink
 from .provision import nanochat_dir
@@ -49,6 +50,8 @@ class NodeOptions:
     only_phase: str | None = None
     heartbeat_sec: float = 60.0
     log_upload_sec: float = 15.0
+    steal: bool = False  # take over the model's lease once it has expired
+    steal_now: bool = False  # take it over even while its holder's heartbeat is fresh
 
 
 def run_node(plan, options: NodeOptions) -> int:
@@ -261,6 +264,11 @@ class NodeAgent:
     # -- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # One writer per model folder, taken before the first write (a follower of a multi-node run skips this).
+        with hold_model_lease(self.ctx, log=say):
+            return self._run()
+
+    def _run(self) -> int:
         ctx = self.ctx
         ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
         say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 
+from .lease import LeaseLost
 from .storage import RUNNER_DIR, Storage
 
 PROGRESS_WRITE_INTERVAL = 10.0
@@ -117,5 +118,7 @@ class StatusFile:
             self.last_write = time.monotonic()
         try:
             self.storage.write_text(self.path, text)
+        except LeaseLost:
+            return  # another agent writes this model now; the lease keeper has said so
         except Exception as e:  # noqa: BLE001 - status is best effort; the run itself must go on
             self.log(f"could not write the status file ({type(e).__name__}: {e}); will retry")
