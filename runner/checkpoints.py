@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lease import LeaseLost
 from .storage import Storage, object_tag
 from .transfer import SyncState
 
@@ -169,7 +170,10 @@ class CheckpointUploader:
     def _loop(self) -> None:
         lower_priority()
         while not self.stop_event.wait(self.poll_sec):
-            self._pass(final=False)
+            try:
+                self._pass(final=False)
+            except LeaseLost:
+                return  # finish() raises it in the agent's thread
 
     def finish(self) -> list[int]:
         """Stop watching and upload what is left (the training process has exited, so files are final)."""
@@ -202,6 +206,8 @@ class CheckpointUploader:
                 self._upload(ckpt)
             self.failures = 0
             return True
+        except LeaseLost:
+            raise  # another agent writes here now: retrying cannot help
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
             self.failures += 1
             if self.failures in (1, 5, 20) or self.failures % 100 == 0:

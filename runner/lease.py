@@ -17,10 +17,8 @@ An agent whose lease was taken from it stops before its next write (`GuardedStor
 from __future__ import annotations
 
 import _thread
-import fcntl
 import json
 import os
-import posixpath
 import socket
 import threading
 import time
@@ -28,12 +26,12 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from .errors import RunnerError
+from .lease_slots import Conflict, slot
 from .storage import RUNNER_DIR
 
 LEASE_DIR = f"{RUNNER_DIR}/leases"
 EXPIRY_HEARTBEATS = 4  # a lease not renewed for this many heartbeats has expired
 MIN_TTL_SEC = 5.0
-READ_BACK_PAUSE_SEC = 1.0
 
 
 class LeaseHeld(RunnerError):
@@ -42,14 +40,11 @@ class LeaseHeld(RunnerError):
     exit_code = 7
 
 
-class LeaseLost(RunnerError):
-    """This agent's lease was taken over by another agent; it must not write any more."""
+class LeaseLost(RunnerError, PermissionError):
+    """This agent's lease was taken over by another agent; it must not write any more. A PermissionError, so that
+    retry loops treat it as final, never as a storage blip."""
 
     exit_code = 7
-
-
-class _Conflict(Exception):
-    """A compare-and-swap lost: the lease object is not what we read."""
 
 
 @dataclass
@@ -108,132 +103,6 @@ def _boot_id() -> str:
         return ""
 
 
-# -- compare-and-swap on each kind of storage ------------------------------------------------------------------
-
-
-class _S3Slot:
-    """The lease object on S3: conditional PUTs, the ETag as the version."""
-
-    def __init__(self, storage, rel: str):
-        self.fs = storage.fs
-        self.bucket, _, self.key = storage.path(rel).partition("/")
-
-    def read(self) -> tuple[str | None, str | None]:
-        try:
-            response = self.fs.call_s3("get_object", Bucket=self.bucket, Key=self.key)
-        except FileNotFoundError:
-            return None, None
-        return _read_body(self.fs, response["Body"]), response.get("ETag")
-
-    def swap(self, text: str, version: str | None) -> str:
-        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
-        try:
-            response = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=text.encode(), **condition)
-        except Exception as e:  # noqa: BLE001 - s3fs maps 412/409 to various exception types
-            if _is_precondition_failure(e):
-                raise _Conflict() from None
-            raise
-        return response.get("ETag")
-
-    def delete(self, version: str | None) -> None:
-        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
-
-
-def _read_body(fs, body) -> str:
-    from fsspec.asyn import sync
-
-    async def read():
-        async with body as stream:
-            return await stream.read()
-
-    return sync(fs.loop, read).decode()
-
-
-def _is_precondition_failure(error: Exception) -> bool:
-    text = f"{type(error).__name__} {error} {getattr(error, '__cause__', '')}".lower()
-    return any(k in text for k in ("precondition", "412", "conditionalrequestconflict", "409"))
-
-
-class _LocalSlot:
-    """The lease file in a local folder: compare under an exclusive flock, write by atomic rename."""
-
-    def __init__(self, storage, rel: str):
-        self.path = storage.path(rel)
-        os.makedirs(posixpath.dirname(self.path), exist_ok=True)
-
-    def read(self) -> tuple[str | None, str | None]:
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None, None
-        return text, text  # the content is its own version
-
-    def _locked(self):
-        fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
-
-    def swap(self, text: str, version: str | None) -> str:
-        fd = self._locked()
-        try:
-            if self.read()[1] != version:
-                raise _Conflict()
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            return text
-        finally:
-            os.close(fd)  # closing releases the flock (also when the process dies)
-
-    def delete(self, version: str | None) -> None:
-        fd = self._locked()
-        try:
-            if self.read()[1] == version:
-                os.unlink(self.path)
-        finally:
-            os.close(fd)
-
-
-class _ReadBackSlot:
-    """Any other filesystem: no atomic compare; write, pause, read back and check the record is still ours."""
-
-    def __init__(self, storage, rel: str):
-        self.storage, self.rel = storage, rel
-
-    def read(self) -> tuple[str | None, str | None]:
-        self.storage.invalidate()
-        try:
-            text = self.storage.read_text(self.rel)
-        except FileNotFoundError:
-            return None, None
-        return text, text
-
-    def swap(self, text: str, version: str | None) -> str:
-        if self.read()[1] != version:
-            raise _Conflict()
-        self.storage.write_text(self.rel, text)
-        time.sleep(READ_BACK_PAUSE_SEC)  # a racing writer lands in this window; the read-back then sees it
-        if self.read()[1] != text:
-            raise _Conflict()
-        return text
-
-    def delete(self, version: str | None) -> None:
-        if self.read()[1] == version:
-            self.storage.remove(self.rel)
-
-
-def _slot(storage, rel: str):
-    if storage.is_local:
-        return _LocalSlot(storage, rel)
-    if storage.url.startswith(("s3://", "s3a://")) and hasattr(storage.fs, "call_s3"):
-        return _S3Slot(storage, rel)
-    return _ReadBackSlot(storage, rel)
-
-
 # -- the lease ---------------------------------------------------------------------------------------------------
 
 
@@ -246,7 +115,7 @@ class ModelLease:
         self.rel = f"{LEASE_DIR}/{model}.json"
         self.heartbeat_sec = heartbeat_sec
         self.ttl = max(MIN_TTL_SEC, EXPIRY_HEARTBEATS * heartbeat_sec)
-        self.slot = _slot(storage, self.rel)
+        self.slot = slot(storage, self.rel)
         self.token = uuid.uuid4().hex
         self.version: str | None = None
         self.record: LeaseRecord | None = None
@@ -279,7 +148,7 @@ class ModelLease:
             try:
                 self._write(self._new_record(), version)
                 return
-            except _Conflict:
+            except Conflict:
                 continue
         text, _ = self.slot.read()
         holder = LeaseRecord.parse(text or "")
@@ -321,7 +190,7 @@ class ModelLease:
         try:
             self._write(record, self.version)
             return True
-        except _Conflict:
+        except Conflict:
             text, _ = self.slot.read()
             self.lost_to = LeaseRecord.parse(text or "") or record
             self.lost_for = "taken over" if text else "deleted"

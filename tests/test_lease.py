@@ -38,7 +38,10 @@ def _agent(tmp_path, where, name: str, *extra: str, plan=None, step_sec: str = "
     env = base_env(tmp_path, {**env_extra, "NANOCHAT_DOUBLE_CALLS": str(tmp_path / f"calls-{name}.jsonl"),
                               "RUNNER_SCRATCH": str(tmp_path / f"scratch-{name}"), "NANOCHAT_DOUBLE_STEP_SEC": step_sec})
     log = tmp_path / f"{name}.log"
-    proc = start_node(plan or smoke_plan(tmp_path), url, make_double(tmp_path / name), env, log, "--heartbeat-sec", HEARTBEAT, *extra)
+    double = tmp_path / name / "nanochat-seed"
+    if not double.exists():
+        make_double(tmp_path / name)
+    proc = start_node(plan or smoke_plan(tmp_path), url, double, env, log, "--heartbeat-sec", HEARTBEAT, *extra)
     return proc, lambda: log.read_text()
 
 
