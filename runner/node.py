@@ -265,7 +265,7 @@ class NodeAgent:
 
     def run(self) -> int:
         # One writer per model folder, taken before the first write (a follower of a multi-node run skips this).
-        with hold_model_lease(self.ctx, log=say):
+        with hold_model_lease(self.ctx, log=say), self.ctx.status.beating(self.ctx.options.heartbeat_sec):
             return self._run()
 
     def _run(self) -> int:
