@@ -13,6 +13,7 @@ is briefly unreachable it keeps retrying and catches up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import posixpath
@@ -172,8 +173,8 @@ class CheckpointUploader:
         while not self.stop_event.wait(self.poll_sec):
             try:
                 self._pass(final=False)
-            except LeaseLost:
-                return  # finish() raises it in the agent's thread
+            except OSError:
+                return  # final (lost lease, full disk): finish() raises it again in the agent's thread
 
     def finish(self) -> list[int]:
         """Stop watching and upload what is left (the training process has exited, so files are final)."""
@@ -206,9 +207,9 @@ class CheckpointUploader:
                 self._upload(ckpt)
             self.failures = 0
             return True
-        except LeaseLost:
-            raise  # another agent writes here now: retrying cannot help
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
+            if isinstance(e, LeaseLost) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+                raise  # final: another agent writes here now, or a full disk stays full; the agent ends the run
             self.failures += 1
             if self.failures in (1, 5, 20) or self.failures % 100 == 0:
                 self.log(f"checkpoint upload failed ({type(e).__name__}: {e}); retrying")

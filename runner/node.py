@@ -9,6 +9,7 @@ the run; the exit code says so. What one run reads and what it learns are the ob
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
@@ -20,7 +21,7 @@ from .context import RunContext, RunLedger, StepResult, check_run_id, check_scra
 from .errors import PhaseFailed, PlanError, PreseedError
 from .lease import hold_model_lease
 from .nanochat_env import locate
-from .process import LogSink
+from .process import LogSink, ran_out_of_space
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
 from .recipes import load_recipe
@@ -255,6 +256,9 @@ class NodeAgent:
         remote_log = ctx.storage.url_of(ctx.phase_log(phase.name))
         local_log = ctx.log_dir / f"{phase.name}.log"
         ctx.status.phase(phase.name, state="failed", failed_step=step.name)
+        if ran_out_of_space(local_log, ctx.scratch):
+            ctx.status.set(state="failed", error=f"{phase.name}/{step.name} failed: no space left on device")
+            raise disk_full_error(f"{phase.name}/{step.name} ran (log: {local_log})", OSError(errno.ENOSPC, "No space left on device", str(ctx.scratch)))
         ctx.status.set(state="failed", error=f"{phase.name}/{step.name} failed")
         raise PhaseFailed(
             f"Phase {phase.name} failed: step {step.name} exited non-zero. Log: {remote_log} (on this node: {local_log}).",
