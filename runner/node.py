@@ -138,15 +138,18 @@ class NodeAgent:
         failed: dict[str, str] = {}
         for name in needed:
             item = ctx.items[name]
-            if ctx.storage.find(item.path):
+            problem = preseed.stored_problem(ctx.storage, item)  # present only with its manifest, every file whole
+            if problem is None:
                 continue
             if ctx.options.offline:
-                self.ledger.missing_items[name] = f"not in storage at {ctx.storage.url_of(item.path)}"
+                self.ledger.missing_items[name] = problem
                 continue
+            if not problem.startswith("not in storage"):
+                say(f"pre-seed {name}: {problem}; fetching it again")
             ctx.status.set(state="preseeding", step=f"preseed:{name}")
             try:
                 local = preseed.fetch(item, ctx.scratch, ctx.nanochat, ctx.base_dir, ctx.cache_dir, log=say)
-                push(ctx.storage, local, item.path, ctx.state, log=say)
+                preseed.store(ctx.storage, item, local, lambda path, rel: push(ctx.storage, path, rel, ctx.state, log=say), log=say)
             except Exception as e:  # noqa: BLE001 - reported together below, before any training
                 failed[name] = f"{type(e).__name__}: {e}"
         if failed:

@@ -57,6 +57,19 @@ def preseed_files(root: Path, recipe: str = "seed") -> None:
     else:
         (root / "task_data" / "openai--gsm8k").mkdir(parents=True, exist_ok=True)
         (root / "task_data" / "openai--gsm8k" / "manifest.json").write_text("{}")
+    write_preseed_manifests(root, recipe)
+
+
+def write_preseed_manifests(root: Path, recipe: str = "seed") -> None:
+    """The manifest of every pre-seed item present under `root`, written last, as the runner does after an upload."""
+    from runner.preseed import Item, manifest_for
+    from runner.recipes import load_recipe
+
+    for name, spec in load_recipe(recipe)["preseed"].items():
+        item = Item(name, spec)
+        if (root / item.path).exists():
+            (root / item.manifest).parent.mkdir(parents=True, exist_ok=True)
+            (root / item.manifest).write_text(json.dumps(manifest_for(root / item.path)))
 
 
 def eval_bundle_zip(path: Path) -> Path:
