@@ -32,6 +32,35 @@ from .errors import PreseedError
 from .storage import RUNNER_DIR
 
 MANIFEST_DIR = f"{RUNNER_DIR}/preseed"
+# Every variable a library reads for the cache an item's `env_dir` names, with its place under that folder (None:
+# cleared, so the library derives it from the others). `datasets` prefers HF_DATASETS_CACHE over HF_HOME and the
+# hub HF_HUB_CACHE (or the older HUGGINGFACE_HUB_CACHE): left as a cluster sets them, an online pre-seed would fill
+# another folder and an offline run would look elsewhere (offline, `datasets` 4.x reads only its Arrow cache,
+# $HF_DATASETS_CACHE = $HF_HOME/datasets/<org>___<name>/<config>/...).
+CACHE_VARIABLES = {
+    "HF_HOME": {"HF_DATASETS_CACHE": "datasets", "HF_HUB_CACHE": "hub", "HUGGINGFACE_HUB_CACHE": "hub",
+                "HF_MODULES_CACHE": "modules", "HF_ASSETS_CACHE": "assets", "HF_XET_CACHE": "xet",
+                "HF_DATASETS_DOWNLOADED_DATASETS_PATH": None, "HF_DATASETS_EXTRACTED_DATASETS_PATH": None},
+    "TIKTOKEN_CACHE_DIR": {"DATA_GYM_CACHE_DIR": None},
+}
+
+
+def cache_env(variable: str, folder: Path) -> dict[str, str | None]:
+    """{variable: value, or None to remove it} pointing every cache variable of that library at `folder`."""
+    env: dict[str, str | None] = {variable: str(folder)}
+    for name, sub in CACHE_VARIABLES.get(variable, {}).items():
+        env[name] = str(folder / sub) if sub else None
+    return env
+
+
+def apply_env(env: dict, changes: dict) -> dict:
+    """`env` with `changes` applied: a None value removes the variable."""
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 DOWNLOAD_TIMEOUT_SEC = 60  # per socket operation, not for the whole file
 PYTHON_TIMEOUT_SEC = 2 * 3600
@@ -56,10 +85,11 @@ class Item:
             return cache_dir / Path(self.path).name
         return base_dir / self.path
 
-    def env(self, base_dir: Path, cache_dir: Path) -> dict:
+    def env(self, base_dir: Path, cache_dir: Path) -> dict[str, str | None]:
+        """What a phase using this item sets (None: removes) so its library finds the staged cache, offline."""
         if not self.spec.get("cache"):
             return {}
-        return {self.spec["env_dir"]: str(self.local(base_dir, cache_dir)), **self.spec.get("offline_env", {})}
+        return {**cache_env(self.spec["env_dir"], self.local(base_dir, cache_dir)), **self.spec.get("offline_env", {})}
 
     @property
     def manifest(self) -> str:
@@ -164,7 +194,9 @@ def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, 
     shutil.rmtree(fill, ignore_errors=True)
     fill.mkdir(parents=True)
     log(f"pre-seed {item.name}: running its download code with nanochat's python")
-    env = dict(os.environ, **{item.spec["env_dir"]: str(fill)})
+    from .nanochat_env import nanochat_environ
+
+    env = apply_env(nanochat_environ(), cache_env(item.spec["env_dir"], fill))
 
     @retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_SEC, max=30), reraise=True)
     def run() -> None:
