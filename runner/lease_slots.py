@@ -27,6 +27,8 @@ class _S3Slot:
     def __init__(self, storage, rel: str):
         self.fs = storage.fs
         self.bucket, _, self.key = storage.path(rel).partition("/")
+        self.fallback = _ReadBackSlot(storage, rel)
+        self.conditional = True  # until the server says it cannot
 
     def read(self) -> tuple[str | None, str | None]:
         try:
@@ -36,12 +38,21 @@ class _S3Slot:
         return _read_body(self.fs, response["Body"]), response.get("ETag")
 
     def swap(self, text: str, version: str | None) -> str:
+        if not self.conditional:  # compare the ETag, then write and read back as on any other filesystem
+            current, tag = self.read()
+            if tag != version:
+                raise Conflict()
+            self.fallback.swap(text, current)
+            return self.read()[1]
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
         try:
             response = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=text.encode(), **condition)
         except Exception as e:  # noqa: BLE001 - s3fs maps 412/409 to various exception types
             if _is_precondition_failure(e):
                 raise Conflict() from None
+            if _is_unsupported(e):
+                self.conditional = False
+                return self.swap(text, version)
             raise
         return response.get("ETag")
 
@@ -59,9 +70,26 @@ def _read_body(fs, body) -> str:
     return sync(fs.loop, read).decode()
 
 
+def _error_code(error: BaseException) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of a botocore error, or of the one s3fs translated into `error`."""
+    for candidate in (error, error.__cause__, error.__context__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", "")), int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return "", 0
+
+
 def _is_precondition_failure(error: Exception) -> bool:
-    text = f"{type(error).__name__} {error} {getattr(error, '__cause__', '')}".lower()
-    return any(k in text for k in ("precondition", "412", "conditionalrequestconflict", "409"))
+    if isinstance(error, FileExistsError):  # s3fs's name for a failed If-None-Match
+        return True
+    code, status = _error_code(error)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _is_unsupported(error: Exception) -> bool:
+    """The server does not implement conditional PUTs (older S3-compatible stores answer 501)."""
+    code, status = _error_code(error)
+    return code == "NotImplemented" or status == 501
 
 
 class _LocalSlot:

@@ -166,3 +166,30 @@ def test_racing_acquires_let_exactly_one_win(tmp_path, where, monkeypatch):
     assert all(f"being written by run run-{winner}" in o for o in outcomes if o != "won")
     leases[winner].release()
     leases[0 if winner else 1].acquire()  # free again once released
+
+
+def test_on_a_filesystem_without_conditional_writes_the_read_back_lets_one_win(tmp_path):
+    storage = open_storage("memory://lease-read-back")
+    leases = [ModelLease(storage, "d4", f"run-{i}", 30, log=lambda _: None) for i in range(4)]
+    outcomes: list = [None] * len(leases)
+    gate = threading.Barrier(len(leases))
+
+    def take(i: int) -> None:
+        gate.wait()
+        try:
+            leases[i].acquire()
+            outcomes[i] = "won"
+        except LeaseHeld as e:
+            outcomes[i] = str(e)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(leases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes.count("won") == 1, outcomes
+    winner = leases[outcomes.index("won")]
+    assert winner.renew()
+    other = next(lease for lease in leases if lease is not winner)
+    other.acquire(steal_now=True)  # taken from the winner: its next renewal finds out
+    assert not winner.renew() and "taken over by run" in str(winner.lost_error())
