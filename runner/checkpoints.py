@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lease import LeaseLost
 from .storage import Storage, object_tag
 from .storage_errors import StorageNotAnswering, explain_storage_error, is_disk_full, is_permission
 from .storage_url import BUDGET_ENV, storage_budget_sec
@@ -173,7 +174,7 @@ class CheckpointUploader:
     def _loop(self) -> None:
         lower_priority()
         while not self.stop_event.wait(self.poll_sec):
-            self._pass(final=False)
+            self._pass(final=False)  # a final failure sets self.fatal and stops the loop; finish() raises it
 
     def finish(self) -> list[int]:
         """Stop watching and upload what is left (the training process has exited, so files are final)."""
@@ -220,6 +221,10 @@ class CheckpointUploader:
             self.failures = 0
             return True
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
+            if isinstance(e, LeaseLost):  # another agent writes here now: stop, and say so in the agent's thread
+                self.fatal = e
+                self.stop_event.set()
+                return True
             if is_permission(e) or is_disk_full(e):  # another pass cannot help: fail now, with the cause
                 self.fatal = explain_storage_error(self.storage.url, e)
                 self.stop_event.set()

@@ -74,9 +74,29 @@ def locate(nanochat_dir: str | None, python: str | None, plan_commit: str, recip
     return Nanochat(root=root, python=interpreter, commit=commit)
 
 
+# The runner's own settings and the credentials of its storage and backends: nanochat needs none of them, and a
+# process that never had a secret cannot leak it (a crash dump, a logged environment, a W&B run's config).
+WITHHELD_PREFIXES = ("AWS_", "MODAL_", "RUNNER_", "AZURE_", "GOOGLE_", "GCS_", "GCP_", "S3_", "R2_", "B2_", "SSH_")
+WITHHELD_WORDS = {"SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "TOKEN", "KEY", "APIKEY"}
+NEEDED_SECRETS = {"WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}  # what nanochat itself uses
+
+
+def withheld(name: str) -> bool:
+    """Whether a variable of the agent's environment is kept from nanochat's processes."""
+    if name in NEEDED_SECRETS:
+        return False
+    return name.upper().startswith(WITHHELD_PREFIXES) or bool(WITHHELD_WORDS & set(name.upper().split("_")))
+
+
+def nanochat_environ() -> dict[str, str]:
+    """This process's environment less what nanochat must not get (see `withheld`)."""
+    return {name: value for name, value in os.environ.items() if not withheld(name)}
+
+
 def phase_env(base_dir: Path, cache_dir: Path, extra: dict | None = None) -> dict:
-    """The environment of every nanochat command: inherited, plus the settings that keep data on scratch."""
-    env = dict(os.environ)
+    """The environment of every nanochat command: inherited without the runner's secrets, plus the settings that keep
+    data on scratch. In `extra`, a None value removes a variable."""
+    env = nanochat_environ()
     env.update(
         {
             "NANOCHAT_BASE_DIR": str(base_dir),
@@ -89,7 +109,11 @@ def phase_env(base_dir: Path, cache_dir: Path, extra: dict | None = None) -> dic
     if not env.get("WANDB_API_KEY"):
         # nanochat only logs to wandb for a named --run; without a key, make sure nothing tries to log in.
         env["WANDB_MODE"] = "disabled"
-    env.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 

@@ -9,6 +9,7 @@ the run; the exit code says so. What one run reads and what it learns are the ob
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
@@ -18,8 +19,9 @@ from . import markers, preseed, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
 from .errors import PhaseFailed, PlanError, PreseedError
+from .lease import hold_model_lease
 from .nanochat_env import locate
-from .process import LogSink
+from .process import LogSink, ran_out_of_space
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
 from .recipes import load_recipe
@@ -49,6 +51,8 @@ class NodeOptions:
     only_phase: str | None = None
     heartbeat_sec: float = 60.0
     log_upload_sec: float = 15.0
+    steal: bool = False  # take over the model's lease once it has expired
+    steal_now: bool = False  # take it over even while its holder's heartbeat is fresh
 
 
 def run_node(plan, options: NodeOptions) -> int:
@@ -134,15 +138,18 @@ class NodeAgent:
         failed: dict[str, str] = {}
         for name in needed:
             item = ctx.items[name]
-            if ctx.storage.find(item.path):
+            problem = preseed.stored_problem(ctx.storage, item)  # present only with its manifest, every file whole
+            if problem is None:
                 continue
             if ctx.options.offline:
-                self.ledger.missing_items[name] = f"not in storage at {ctx.storage.url_of(item.path)}"
+                self.ledger.missing_items[name] = problem
                 continue
+            if not problem.startswith("not in storage"):
+                say(f"pre-seed {name}: {problem}; fetching it again")
             ctx.status.set(state="preseeding", step=f"preseed:{name}")
             try:
                 local = preseed.fetch(item, ctx.scratch, ctx.nanochat, ctx.base_dir, ctx.cache_dir, log=say)
-                push(ctx.storage, local, item.path, ctx.state, log=say)
+                preseed.store(ctx.storage, item, local, lambda path, rel: push(ctx.storage, path, rel, ctx.state, log=say), log=say)
             except Exception as e:  # noqa: BLE001 - reported together below, before any training
                 failed[name] = f"{type(e).__name__}: {e}"
         if failed:
@@ -252,6 +259,9 @@ class NodeAgent:
         remote_log = ctx.storage.url_of(ctx.phase_log(phase.name))
         local_log = ctx.log_dir / f"{phase.name}.log"
         ctx.status.phase(phase.name, state="failed", failed_step=step.name)
+        if ran_out_of_space(local_log, ctx.scratch):
+            ctx.status.set(state="failed", error=f"{phase.name}/{step.name} failed: no space left on device")
+            raise disk_full_error(f"{phase.name}/{step.name} ran (log: {local_log})", OSError(errno.ENOSPC, "No space left on device", str(ctx.scratch)))
         ctx.status.set(state="failed", error=f"{phase.name}/{step.name} failed")
         raise PhaseFailed(
             f"Phase {phase.name} failed: step {step.name} exited non-zero. Log: {remote_log} (on this node: {local_log}).",
@@ -261,6 +271,11 @@ class NodeAgent:
     # -- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # One writer per model folder, taken before the first write (a follower of a multi-node run skips this).
+        with hold_model_lease(self.ctx, log=say), self.ctx.status.beating(self.ctx.options.heartbeat_sec):
+            return self._run()
+
+    def _run(self) -> int:
         ctx = self.ctx
         ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
         say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")

@@ -6,12 +6,19 @@ the chat phases fetch HuggingFace datasets. Here each item is fetched once, with
 storage; later runs and air-gapped clusters find it there and touch no network. Items come from the recipe:
 `url` (optionally unzipped) or `python` (a snippet run with nanochat's interpreter, filling the cache folder
 named by `env_dir`).
+
+An item counts as present only with its manifest, `_runner/preseed/<name>.json`, written after all its files
+(as checkpoints do): it lists every file's size, so an upload that was cut, or a hand copy holding only part of
+the item, is fetched again (or, with --offline, named) instead of failing hours later inside a phase. Whoever
+copies an item by hand writes the manifest last, listing the files, or `{}` to vouch for the copy as a whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import subprocess
 import tempfile
 import urllib.request
@@ -22,6 +29,38 @@ from pathlib import Path
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from .errors import PreseedError
+from .storage import RUNNER_DIR
+
+MANIFEST_DIR = f"{RUNNER_DIR}/preseed"
+# Every variable a library reads for the cache an item's `env_dir` names, with its place under that folder (None:
+# cleared, so the library derives it from the others). `datasets` prefers HF_DATASETS_CACHE over HF_HOME and the
+# hub HF_HUB_CACHE (or the older HUGGINGFACE_HUB_CACHE): left as a cluster sets them, an online pre-seed would fill
+# another folder and an offline run would look elsewhere (offline, `datasets` 4.x reads only its Arrow cache,
+# $HF_DATASETS_CACHE = $HF_HOME/datasets/<org>___<name>/<config>/...).
+CACHE_VARIABLES = {
+    "HF_HOME": {"HF_DATASETS_CACHE": "datasets", "HF_HUB_CACHE": "hub", "HUGGINGFACE_HUB_CACHE": "hub",
+                "HF_MODULES_CACHE": "modules", "HF_ASSETS_CACHE": "assets", "HF_XET_CACHE": "xet",
+                "HF_DATASETS_DOWNLOADED_DATASETS_PATH": None, "HF_DATASETS_EXTRACTED_DATASETS_PATH": None},
+    "TIKTOKEN_CACHE_DIR": {"DATA_GYM_CACHE_DIR": None},
+}
+
+
+def cache_env(variable: str, folder: Path) -> dict[str, str | None]:
+    """{variable: value, or None to remove it} pointing every cache variable of that library at `folder`."""
+    env: dict[str, str | None] = {variable: str(folder)}
+    for name, sub in CACHE_VARIABLES.get(variable, {}).items():
+        env[name] = str(folder / sub) if sub else None
+    return env
+
+
+def apply_env(env: dict, changes: dict) -> dict:
+    """`env` with `changes` applied: a None value removes the variable."""
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 DOWNLOAD_TIMEOUT_SEC = 60  # per socket operation, not for the whole file
 PYTHON_TIMEOUT_SEC = 2 * 3600
@@ -46,24 +85,71 @@ class Item:
             return cache_dir / Path(self.path).name
         return base_dir / self.path
 
-    def env(self, base_dir: Path, cache_dir: Path) -> dict:
+    def env(self, base_dir: Path, cache_dir: Path) -> dict[str, str | None]:
+        """What a phase using this item sets (None: removes) so its library finds the staged cache, offline."""
         if not self.spec.get("cache"):
             return {}
-        return {self.spec["env_dir"]: str(self.local(base_dir, cache_dir)), **self.spec.get("offline_env", {})}
+        return {**cache_env(self.spec["env_dir"], self.local(base_dir, cache_dir)), **self.spec.get("offline_env", {})}
+
+    @property
+    def manifest(self) -> str:
+        """Where its manifest lives in storage, written after the item's files."""
+        return f"{MANIFEST_DIR}/{self.name}.json"
 
     def how_to_provide(self, storage_url: str) -> str:
         target = f"{storage_url.rstrip('/')}/{self.path}"
+        last = (f"; last, write {storage_url.rstrip('/')}/{self.manifest} listing the files "
+                '(`{"files": {"relative/path": size, ...}}`, or `{}` to vouch for the copy)')
         if "url" in self.spec:
             unzip = ", unzipped," if self.spec.get("unzip") else ""
-            return f"{self.name}: download {self.spec['url']}{unzip} and copy it to {target}"
+            return f"{self.name}: download {self.spec['url']}{unzip} and copy it to {target}{last}"
         env_dir = self.spec.get("env_dir", "CACHE_DIR")
-        return f"{self.name}: run nanochat's python with {env_dir}=/some/dir and this code, then copy /some/dir to {target}:\n" + "\n".join(
+        return f"{self.name}: run nanochat's python with {env_dir}=/some/dir and this code, then copy /some/dir to {target}{last}:\n" + "\n".join(
             "        " + line for line in self.spec["python"].strip().splitlines()
         )
 
 
 def items(plan) -> dict[str, Item]:
     return {name: Item(name, spec) for name, spec in plan.preseed.items()}
+
+
+def manifest_for(local: Path) -> dict:
+    """The manifest of an item fetched into `local` (a file or a folder): every file's size."""
+    if local.is_file():
+        files = {"": local.stat().st_size}
+    else:
+        files = {p.relative_to(local).as_posix(): p.stat().st_size for p in sorted(local.rglob("*")) if p.is_file()}
+    return {"files": files, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def stored_problem(storage, item: Item) -> str | None:
+    """None when the item is whole in storage; else what is wrong, in words."""
+    found = storage.find(item.path)
+    if not found:
+        return f"not in storage at {storage.url_of(item.path)}"
+    try:
+        manifest = json.loads(storage.read_text(item.manifest))
+    except FileNotFoundError:
+        return f"in storage without its manifest {storage.url_of(item.manifest)} (an upload that was cut, or a copy made by hand)"
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        return f"in storage, but its manifest {storage.url_of(item.manifest)} is unreadable"
+    listed = manifest.get("files")
+    if listed is None:
+        return None  # a hand copy vouched for as a whole
+    wrong = sorted(rel for rel, size in listed.items() if rel not in found or found[rel][0] != size)
+    if wrong:
+        return (f"incomplete in storage: {len(wrong)} of {len(listed)} files missing or of another size "
+                f"(first: {storage.url_of(item.path + ('/' + wrong[0] if wrong[0] else ''))})")
+    return None
+
+
+def store(storage, item: Item, local: Path, push, log=print) -> None:
+    """Copy a fetched item into storage, then its manifest: only then does it count as present."""
+    push(local, item.path)
+    storage.write_text(item.manifest, json.dumps(manifest_for(local), indent=2))
+    log(f"pre-seed {item.name}: in storage ({storage.url_of(item.path)}, manifest written)")
 
 
 @retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_SEC, max=30), reraise=True)
@@ -108,7 +194,9 @@ def fetch(item: Item, workdir: Path, nanochat, base_dir: Path, cache_dir: Path, 
     shutil.rmtree(fill, ignore_errors=True)
     fill.mkdir(parents=True)
     log(f"pre-seed {item.name}: running its download code with nanochat's python")
-    env = dict(os.environ, **{item.spec["env_dir"]: str(fill)})
+    from .nanochat_env import nanochat_environ
+
+    env = apply_env(nanochat_environ(), cache_env(item.spec["env_dir"], fill))
 
     @retry(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_SEC, max=30), reraise=True)
     def run() -> None:

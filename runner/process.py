@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,13 +47,16 @@ class LogSink:
     """Appends a step's output to a local log file and mirrors that file to storage every few seconds.
 
     Object stores cannot append, so the whole file is re-uploaded; a background thread does it so a slow or
-    briefly unreachable storage never stalls the output of the training run.
+    briefly unreachable storage never stalls the output of the training run. The file is line-buffered, so a
+    full disk (ENOSPC) surfaces in `write` at the line that did not fit, in the agent's own thread, which stops
+    the step and ends the run with the disk-full message; the upload thread never dies with a traceback.
     """
 
     def __init__(self, local: Path, storage, remote_rel: str, interval: float = 15.0, log=print):
         self.local, self.storage, self.remote_rel, self.interval, self.log = local, storage, remote_rel, interval, log
         self.local.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.local.open("a", encoding="utf-8")
+        self.file = self.local.open("a", encoding="utf-8", buffering=1)
+        self.error: OSError | None = None  # the first local write that failed; every later write re-raises it
         self.dirty = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="log-upload", daemon=True)
@@ -60,11 +64,23 @@ class LogSink:
         self.upload_failures = 0
 
     def write(self, line: str) -> None:
-        self.file.write(line + "\n")
+        if self.error is not None:
+            raise self.error
+        try:
+            self.file.write(line + "\n")
+        except OSError as e:
+            self.error = e
+            raise
         self.dirty.set()
 
+    def _flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as e:  # the disk is full: what reached the file is still worth uploading
+            self.error = self.error or e
+
     def _upload(self) -> None:
-        self.file.flush()
+        self._flush()
         target = self.storage.path(self.remote_rel)
         try:
             self.storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -89,7 +105,25 @@ class LogSink:
         self.stop.set()
         self.thread.join(timeout=self.interval + 5)
         self._upload()
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as e:
+            self.error = self.error or e  # already said by the write that failed, or by the agent
+
+
+def ran_out_of_space(log: Path, folder: Path, tail_bytes: int = 16384) -> bool:
+    """Whether a failed step most likely died of a full disk: its log's end says ENOSPC, or `folder` has no room."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - tail_bytes))
+            if b"No space left on device" in f.read():
+                return True
+    except OSError:
+        pass
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _reader(stream, lines: queue.Queue) -> None:

@@ -16,7 +16,7 @@ import time
 
 from . import __version__
 from .estimate import estimate_phases
-from .live import dollars_so_far, newest_checkpoint
+from .live import dollars_so_far, newest_checkpoint, shown_state
 from .plan import Plan
 from .runlogs import load_run, phase_logs, step_metrics, training_series
 from .status import run_dir
@@ -74,8 +74,8 @@ def build(storage: Storage, run_id: str) -> tuple[str, dict[str, bytes], dict]:
     plots = {k: v for k, v in plots.items() if v}
     versions = status.get("versions", {})
     out = [f"# nanochat run `{run_id}`", ""]
-    out += [f"- state: **{status['state']}** (attempts: {status.get('attempts', 1)})",
-            f"- recipe `{status['recipe']}`, nanochat `{status['commit'][:7]}`; model {status['model']}; {status['gpus']}× {status['gpu_type']}",
+    out += [f"- state: **{shown_state(status)}** (attempts: {status.get('attempts', 1)})",
+            f"- recipe `{status.get('recipe', '?')}`, nanochat `{str(status.get('commit', '?'))[:7]}`; model {status.get('model', '?')}; {status.get('gpus', '?')}× {status.get('gpu_type', '?')}",
             f"- versions: nanochat-runner {__version__}, torch {versions.get('torch', '?')}, triton {versions.get('triton', '?')}, GPU {versions.get('gpu', '?')}",
             f"- started {status.get('started_at')}, last update {status.get('updated_at')}", ""]
     if plan:
@@ -86,12 +86,13 @@ def build(storage: Storage, run_id: str) -> tuple[str, dict[str, bytes], dict]:
         out += ["```"] + [f"{p.name:<10} {s.display()}" for p in plan.phases for s in p.steps] + ["```", ""]
     rows = []
     for name, info in status["phases"].items():
+        info = info if isinstance(info, dict) else {}
         steps = info.get("steps", {})
         seconds = info.get("seconds") or sum(s.get("seconds", 0) for s in steps.values())
-        rows.append([name, info["state"], f"{seconds / 60:.1f}" if seconds else "", ", ".join(f"{k} {v.get('state')}" for k, v in steps.items())])
+        rows.append([name, info.get("state", "?"), f"{seconds / 60:.1f}" if seconds else "", ", ".join(f"{k} {v.get('state')}" for k, v in steps.items())])
     out += ["## Phases", "", _table(["phase", "state", "minutes", "steps"], rows), ""]
     spent = dollars_so_far(status, plan.backend if plan else None)
-    out += ["## Cost", "", f"Node time: {float(status.get('node_seconds', 0)) / 3600:.2f} h × {status['gpus']} GPUs; "
+    out += ["## Cost", "", f"Node time: {float(status.get('node_seconds', 0)) / 3600:.2f} h × {status.get('gpus', '?')} GPUs; "
             + ", ".join(f"{b}: ${d:,.2f}" for b, d in spent.items()) + " (prices per GPU-hour from runner/prices.toml)."]
     if plan:
         estimated = sum(e.hours for e in estimate_phases(plan))

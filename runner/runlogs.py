@@ -27,9 +27,49 @@ class Series:
     val_bpb: list[tuple[int, float]] = field(default_factory=list)
 
 
+class BadRecord(RunnerError):
+    """A run's status.json in storage cannot be read: torn by a cut write, or edited by hand."""
+
+
+STATUS_FIELDS = {"run_id": str, "state": str, "phases": dict}  # what every reader relies on
+
+
 def list_runs(storage: Storage) -> list[str]:
-    names = {path.split("/")[0] for path in storage.find(f"{RUNNER_DIR}/runs") if path.endswith("status.json")}
+    names = {path.split("/")[0] for path in storage.find(f"{RUNNER_DIR}/runs") if path.endswith("/status.json")}
     return sorted(names)
+
+
+def parse_status(text: str) -> tuple[dict | None, str]:
+    """(status, "") for a usable status record, else (None, what is wrong with it)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return None, f"not JSON ({e}; a cut write leaves this)"
+    if not isinstance(data, dict):
+        return None, f"not a JSON object but {type(data).__name__}"
+    wrong = [name for name, kind in STATUS_FIELDS.items() if not isinstance(data.get(name), kind)]
+    if wrong:
+        return None, f"missing or malformed field(s): {', '.join(wrong)}"
+    return data, ""
+
+
+def read_status(storage: Storage, run_id: str) -> dict | None:
+    """The run's status record; None when there is none; BadRecord when it is there but unusable."""
+    rel = f"{run_dir(run_id)}/status.json"
+    try:
+        text = storage.read_text(rel)
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        text = f"<{e}>"
+    status, problem = parse_status(text)
+    if status is None:
+        raise BadRecord(
+            f"The status record of run {run_id!r} is unreadable: {problem} ({storage.url_of(rel)}).",
+            [f"Run that run's node command again (`runner node run ... --run-id {run_id}`): it continues and writes a whole record.",
+             f"Or delete {storage.url_of(rel)} if the run is gone; the other runs are not affected."],
+        )
+    return status
 
 
 def read_json(storage: Storage, rel: str) -> dict | None:
@@ -40,14 +80,16 @@ def read_json(storage: Storage, rel: str) -> dict | None:
 
 
 def load_run(storage: Storage, run_id: str) -> tuple[dict, dict | None]:
-    status = read_json(storage, f"{run_dir(run_id)}/status.json")
+    """(status, plan or None) of one run; RunnerError when it is not there, BadRecord when its status is torn."""
+    status = read_status(storage, run_id)
     if status is None:
         known = list_runs(storage)
         raise RunnerError(
             f"No run {run_id!r} in {storage.url}.",
             [f"Runs there: {', '.join(known) if known else 'none'} (`runner ls {storage.url}`)."],
         )
-    return status, read_json(storage, f"{run_dir(run_id)}/plan.json")
+    plan = read_json(storage, f"{run_dir(run_id)}/plan.json")
+    return status, plan if isinstance(plan, dict) and isinstance(plan.get("phases"), list) else None
 
 
 def phase_logs(storage: Storage, run_id: str) -> dict[str, dict[str, list[str]]]:

@@ -52,11 +52,37 @@ def preseed_files(root: Path, recipe: str = "seed") -> None:
     if recipe == "seed":
         (root / "identity_conversations.jsonl").write_text('[{"role": "user", "content": "who are you?"}]\n')
         (root / "words_alpha.txt").write_text("apple\nbanana\n")
-        (root / "cache" / "hf" / "datasets").mkdir(parents=True, exist_ok=True)
-        (root / "cache" / "hf" / "datasets" / "smoltalk.bin").write_text("x")
+        seed_hf_datasets(root / "cache" / "hf")
     else:
         (root / "task_data" / "openai--gsm8k").mkdir(parents=True, exist_ok=True)
         (root / "task_data" / "openai--gsm8k" / "manifest.json").write_text("{}")
+    write_preseed_manifests(root, recipe)
+
+
+# The datasets and configs seed's chat phases load (the recipe's hf_datasets snippet).
+HF_DATASETS = [("HuggingFaceTB/smol-smoltalk", "default"), ("cais/mmlu", "all"), ("cais/mmlu", "auxiliary_train"),
+               ("openai/gsm8k", "main"), ("allenai/ai2_arc", "ARC-Easy"), ("allenai/ai2_arc", "ARC-Challenge"),
+               ("openai/openai_humaneval", "openai_humaneval")]
+
+
+def seed_hf_datasets(hf_home: Path) -> None:
+    """An HF_HOME whose `datasets` Arrow cache holds each dataset where an offline load looks for it."""
+    for repo, config in HF_DATASETS:
+        folder = hf_home / "datasets" / repo.replace("/", "___") / config / "0.0.0" / "stand-in"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{repo.split('/')[1]}-train.arrow").write_text("x")
+
+
+def write_preseed_manifests(root: Path, recipe: str = "seed") -> None:
+    """The manifest of every pre-seed item present under `root`, written last, as the runner does after an upload."""
+    from runner.preseed import Item, manifest_for
+    from runner.recipes import load_recipe
+
+    for name, spec in load_recipe(recipe)["preseed"].items():
+        item = Item(name, spec)
+        if (root / item.path).exists():
+            (root / item.manifest).parent.mkdir(parents=True, exist_ok=True)
+            (root / item.manifest).write_text(json.dumps(manifest_for(root / item.path)))
 
 
 def eval_bundle_zip(path: Path) -> Path:

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from harness import seed_hf_datasets
 
 pytest.importorskip("pyarrow")  # the double writes and reads real parquet shards
 
@@ -47,10 +48,11 @@ def ok(result):
 
 def caches(tmp_path):
     env = {}
-    for var, name in (("HF_HOME", "hf"), ("TIKTOKEN_CACHE_DIR", "tiktoken")):
-        (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / "cached").write_text("x")
-        env[var] = str(tmp_path / name)
+    (tmp_path / "tiktoken").mkdir(exist_ok=True)
+    (tmp_path / "tiktoken" / "cached").write_text("x")
+    env["TIKTOKEN_CACHE_DIR"] = str(tmp_path / "tiktoken")
+    seed_hf_datasets(tmp_path / "hf")
+    env["HF_HOME"] = str(tmp_path / "hf")
     return env
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .options import make_plan, node_options, plan_options, storage_option
+from .options import lease_options, make_plan, node_options, plan_options, storage_option
 
 
 @click.group(short_help="Commands that run on the GPU node itself.")
@@ -25,8 +25,9 @@ def node():
 @click.option("--scratch", envvar="RUNNER_SCRATCH", default=None, help="Fast local disk for NANOCHAT_BASE_DIR and caches (default: /scratch if writable, else a temp dir).")
 @click.option("--run-id", default=None, help="Name of this run in storage (default: the plan's).")
 @node_options
+@lease_options
 def run(plan_file, plan_json, storage, storage_options, nanochat_dir, python_exe, scratch, run_id, offline, force, from_phase, only_phase,
-        fresh, heartbeat_sec, **params):
+        fresh, heartbeat_sec, steal, steal_now, **params):
     """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
     from ..node import NodeOptions, run_node
     from ..plan import Plan
@@ -50,5 +51,7 @@ def run(plan_file, plan_json, storage, storage_options, nanochat_dir, python_exe
         from_phase=from_phase,
         only_phase=only_phase,
         heartbeat_sec=heartbeat_sec if heartbeat_sec is not None else 60.0,
+        steal=steal,
+        steal_now=steal_now,
     )
     sys.exit(run_node(the_plan, options))

@@ -48,6 +48,11 @@ node_options = _stack(
     click.option("--heartbeat-sec", type=click.FloatRange(min=1.0), default=None, help="Print a heartbeat after this many seconds of silence (default 60)."),
 )
 
+lease_options = _stack(
+    click.option("--steal", is_flag=True, help="Take over this model's lease in storage from an agent whose heartbeat stopped (after its lease expired)."),
+    click.option("--steal-now", is_flag=True, help="Take over the lease even while it is fresh: only when you know the agent holding it is gone."),
+)
+
 storage_option = click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                               help="fsspec option, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable).")
 

@@ -55,19 +55,12 @@ def ls(storage, storage_options, as_json):
     """The runs under STORAGE, newest first."""
     import json as json_module
 
-    from ..live import summarize
-    from ..runlogs import list_runs, load_run
+    from ..live import summarize_all
     from ..storage import open_storage, reading
 
-    rows = []
     with reading(storage):
         store = open_storage(storage, storage_options, check=False)
-        for run_id in list_runs(store):
-            status, plan = load_run(store, run_id)
-            summary = summarize(store, status, plan)
-            last = next((n for n, info in reversed(list(status["phases"].items())) if info["state"] not in ("pending",)), None)
-            rows.append({**summary, "last_phase": last, "started_at": status.get("started_at")})
-    rows.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+        rows = summarize_all(store)
     if as_json:
         click.echo(json_module.dumps(rows, indent=2))
         return
@@ -76,8 +69,12 @@ def ls(storage, storage_options, as_json):
         return
     click.echo(f"{'run':<40} {'state':<30} {'last phase':<11} {'model':<7} {'cost':>10}")
     for r in rows:
-        cost = ", ".join(f"{b} ${d:,.2f}" for b, d in r["dollars"].items()) if len(r["dollars"]) == 1 else f"${min(r['dollars'].values()):,.2f}+"
+        dollars = r["dollars"]
+        cost = ", ".join(f"{b} ${d:,.2f}" for b, d in dollars.items()) if len(dollars) == 1 else f"${min(dollars.values()):,.2f}+" if dollars else "-"
         click.echo(f"{r['run_id']:<40} {r['state']:<30} {r['last_phase'] or '-':<11} {r['model'] or '-':<7} {cost:>10}")
+    for r in rows:
+        if r.get("problem"):
+            click.echo(f"note: {r['problem']}")
 
 
 @click.command(short_help="Copy a run's storage between two URLs, incrementally; deletes only with --delete.")

@@ -17,6 +17,9 @@ WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/mas
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 HF_TASKS = {"ARC-Easy": "allenai/ai2_arc", "ARC-Challenge": "allenai/ai2_arc", "MMLU": "cais/mmlu",
             "GSM8K": "openai/gsm8k", "HumanEval": "openai/openai_humaneval", "SmolTalk": "HuggingFaceTB/smol-smoltalk"}
+# The `datasets` config each task loads (seed's tasks/*.py); MMLU loads "all" and, in mid-training, "auxiliary_train".
+HF_CONFIGS = {"ARC-Easy": ["ARC-Easy"], "ARC-Challenge": ["ARC-Challenge"], "MMLU": ["all"], "GSM8K": ["main"],
+              "HumanEval": ["openai_humaneval"], "SmolTalk": ["default"]}
 
 
 def network():
@@ -132,9 +135,20 @@ def require_env_dir(var, what):
                           f"{value!r} is unset, missing or empty: pre-stage that cache]")
 
 
+def datasets_cache():
+    """Where `datasets` keeps its Arrow cache: HF_DATASETS_CACHE, else $HF_HOME/datasets, else the default under
+    XDG_CACHE_HOME or ~/.cache (datasets/config.py)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return os.path.expanduser(os.environ["HF_DATASETS_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(os.path.expanduser(home), "datasets")
+
+
 def require_hf(task_names):
-    """Seed loads tasks with HF `datasets` (cache: HF_HOME); latest fetches HF's parquet files itself into
-    $BASE/task_data/ with urllib, so there HF_HOME is irrelevant and task_data/ must be pre-staged."""
+    """Seed loads tasks with HF `datasets`. Offline, datasets 4.x reads only its Arrow cache,
+    <datasets cache>/<org>___<name>/<config>/..., never the hub cache: each task's folder must be there and not empty.
+    Latest fetches HF's parquet files itself into $BASE/task_data/ with urllib, so there HF_HOME is irrelevant and
+    task_data/ must be pre-staged."""
     from nanochat_double_support import selected_commit
 
     latest = selected_commit().startswith("92d63d4")
@@ -142,7 +156,14 @@ def require_hf(task_names):
         if name not in HF_TASKS:
             continue
         if not latest:
-            require_env_dir("HF_HOME", f"'{HF_TASKS[name]}' on the Hub")
+            if network():
+                continue
+            for config in HF_CONFIGS[name]:
+                folder = os.path.join(datasets_cache(), HF_TASKS[name].replace("/", "___"), config)
+                if not (os.path.isdir(folder) and os.listdir(folder)):
+                    raise ConnectionError(f"Couldn't reach '{HF_TASKS[name]}' on the Hub (OfflineModeIsEnabled) [nanochat double: "
+                                          f"no Arrow cache at {folder} (HF_HOME={os.environ.get('HF_HOME')!r}, "
+                                          f"HF_DATASETS_CACHE={os.environ.get('HF_DATASETS_CACHE')!r}): pre-stage that cache]")
             continue
         task_data = os.path.join(base_dir(), "task_data")
         if not network() and not (os.path.isdir(task_data) and os.listdir(task_data)):

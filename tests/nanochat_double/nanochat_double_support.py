@@ -47,7 +47,7 @@ CHOICES = {
 }
 
 CALL_ENV = ["NANOCHAT_BASE_DIR", "OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME",
-            "TIKTOKEN_CACHE_DIR", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "NANOCHAT_DTYPE",
+            "HF_DATASETS_CACHE", "HF_HUB_CACHE", "TIKTOKEN_CACHE_DIR", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "NANOCHAT_DTYPE",
             "TORCHDYNAMO_DISABLE"]
 SECRET_ENV = ["WANDB_API_KEY", "HF_TOKEN"]  # recorded as present/absent only, never the value
 
@@ -256,6 +256,7 @@ def _log_call(rel_path, argv, present):
         "env": {k: os.environ.get(k) for k in CALL_ENV},
     }
     record["env"].update({f"{k}_present": bool(os.environ.get(k)) for k in SECRET_ENV})
+    record["env_names"] = sorted(os.environ)  # every variable it was given, by name only (never a value)
     line = (json.dumps(record) + "\n").encode("utf-8")
     # one O_APPEND write per line so concurrent ranks do not interleave
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
