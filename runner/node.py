@@ -22,6 +22,7 @@ from .nanochat_env import locate
 from .process import LogSink
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
+from .rendezvous import Rendezvous
 from .recipes import load_recipe
 from .resume import stage_newest_complete
 from .steps import StepRunner
@@ -49,6 +50,8 @@ class NodeOptions:
     only_phase: str | None = None
     heartbeat_sec: float = 60.0
     log_upload_sec: float = 15.0
+    rendezvous: Rendezvous = field(default_factory=Rendezvous)  # this node among the run's nodes (one node: the default)
+    leader_wait_sec: float = 1800.0  # how long a follower waits for the leader's "phase inputs ready"
 
 
 def run_node(plan, options: NodeOptions) -> int:
@@ -56,6 +59,7 @@ def run_node(plan, options: NodeOptions) -> int:
     before the first write to storage or scratch."""
     check_run_id(options.run_id)
     _check_phase_names(plan, options)
+    check_nodes_match(plan, options.rendezvous)
     plan.check()  # every command against the pin's flag table, wherever the plan came from
     storage = open_storage(options.storage, options.storage_options)
     nanochat = locate(nanochat_dir(options.nanochat_dir, plan, log=say), options.python, plan.commit, plan.recipe)
@@ -66,6 +70,13 @@ def run_node(plan, options: NodeOptions) -> int:
         return NodeAgent(ctx).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_nodes_match(plan, rendezvous: Rendezvous) -> None:
+    """The plan's batch was derived for its world size: a node count other than the plan's would break it."""
+    if rendezvous.nnodes != plan.nodes:
+        raise PlanError(f"This plan is for {plan.nodes} node(s), but this agent was started as one of {rendezvous.nnodes}.",
+                        [f"Start {plan.nodes} node agent(s) (--nnodes {plan.nodes}), or make the plan with --nodes {rendezvous.nnodes}."])
 
 
 def _raise_interrupt(signum, frame):
