@@ -110,5 +110,5 @@ class Follower:
             if resume_from is None:
                 drop_local(local, None)  # a fresh start: leftovers of a killed launch must not be loaded
             else:
-                stage_newest_complete(ctx.storage, step.checkpoints, local, ctx.state, log=say, ranks=self.ranks, step=resume_from)
+                stage_newest_complete(ctx.storage, step.checkpoints, local, ctx.state, log=say, ranks=self.ranks, at_step=resume_from)
                 say(f"{step.name}: resuming from step {resume_from} with this node's shards (ranks {self.ranks.start}-{self.ranks.stop - 1})")

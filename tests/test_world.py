@@ -7,6 +7,7 @@ import re
 
 import pytest
 from harness import base_env, runner
+
 from runner.errors import PlanError
 from runner.plan import build_plan
 from runner.rendezvous import resolve
