@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .checkpoints import NodeShare, is_checkpoint_dir
 from .context import RunLedger, say
-from .errors import PlanError
+from .errors import PlanError, RunnerError
 from .multinode import LaunchBoard, follower_log, node_ranks
 from .process import LogSink
 from .publish import CheckpointPublisher
@@ -54,7 +54,12 @@ class Follower:
                     end = event["end"]
                     say(f"the leader ended launch {rendezvous.launch_id}: {end.get('state')} (exit code {end.get('exit_code')})")
                     return int(end.get("exit_code") or 0)
-                self.board.answer(index, self.follow(event))
+                try:
+                    code = self.follow(event)
+                except RunnerError as e:  # this node cannot take part: say so at once, so the leader need not wait out its bound
+                    self.board.answer(index, e.exit_code or 1, error=e.message.splitlines()[0])
+                    raise
+                self.board.answer(index, code)
                 index += 1
         except KeyboardInterrupt:
             say("interrupted: the current step was stopped; start this node again with the leader to continue")
