@@ -20,11 +20,13 @@ from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
 from .errors import PhaseFailed, PlanError, PreseedError
 from .lease import hold_model_lease
+from .multinode import check_nodes_match, crew_for
 from .nanochat_env import locate
 from .process import LogSink, ran_out_of_space
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
 from .recipes import load_recipe
+from .rendezvous import Rendezvous
 from .resume import stage_newest_complete
 from .steps import StepRunner
 from .storage import open_storage
@@ -53,6 +55,8 @@ class NodeOptions:
     log_upload_sec: float = 15.0
     steal: bool = False  # take over the model's lease once it has expired
     steal_now: bool = False  # take it over even while its holder's heartbeat is fresh
+    rendezvous: Rendezvous = field(default_factory=Rendezvous)  # this node among the run's nodes (one node: the default)
+    leader_wait_sec: float = 1800.0  # how long a follower waits for the leader's "phase inputs ready"
 
 
 def run_node(plan, options: NodeOptions) -> int:
@@ -60,6 +64,7 @@ def run_node(plan, options: NodeOptions) -> int:
     before the first write to storage or scratch."""
     check_run_id(options.run_id)
     _check_phase_names(plan, options)
+    check_nodes_match(plan, options.rendezvous)
     plan.check()  # every command against the pin's flag table, wherever the plan came from
     storage = open_storage(options.storage, options.storage_options)
     nanochat = locate(nanochat_dir(options.nanochat_dir, plan, log=say), options.python, plan.commit, plan.recipe)
@@ -67,7 +72,11 @@ def run_node(plan, options: NodeOptions) -> int:
     check_scratch_space(ctx.scratch, plan)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return NodeAgent(ctx).run()
+        if not options.rendezvous.is_leader:
+            from .follower import Follower
+
+            return Follower(ctx).run()  # joins the leader's steps; writes no marker, status or manifest
+        return NodeAgent(ctx).run()  # one node, or node rank 0 of several: the leader
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -90,10 +99,14 @@ def _check_phase_names(plan, options: NodeOptions) -> None:
 
 
 class NodeAgent:
+    """The agent of one node, or the leader (node rank 0) of several: only it selects phases, pre-seeds, and writes
+    markers, status and manifests; `run` is where that leader-only work happens."""
+
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.ledger = RunLedger()
-        self.steps = StepRunner(ctx, self.ledger)
+        self.crew = crew_for(ctx, say)  # None on one node
+        self.steps = StepRunner(ctx, self.ledger, self.crew)
         self.keys = markers.phase_keys(ctx.plan)
 
     # -- selection ---------------------------------------------------------------------------------------------
@@ -232,7 +245,7 @@ class NodeAgent:
         if not self.stage_in(phase, steps, marker):
             return
         results: dict[StepResult, list[str]] = {StepResult.OK: list(marker.get("steps_ok", [])) if marker else [], StepResult.FAILED: [], StepResult.SKIPPED: []}
-        publishers = CheckpointPublisher.for_phase(ctx, phase, say)
+        publishers = CheckpointPublisher.for_phase(ctx, phase, say, self.crew.share() if self.crew else None)
         sink = LogSink(ctx.log_dir / f"{phase.name}.log", ctx.storage, ctx.phase_log(phase.name), ctx.options.log_upload_sec, log=say)
         try:
             for step in steps:
@@ -271,14 +284,17 @@ class NodeAgent:
     # -- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        # One writer per model folder, taken before the first write (a follower of a multi-node run skips this).
+        """The leader's run: one writer per model folder (the lease, taken before the first write; followers of a
+        multi-node run never take it), and on several nodes the others follow the steps it announces."""
         with hold_model_lease(self.ctx, log=say), self.ctx.status.beating(self.ctx.options.heartbeat_sec):
-            return self._run()
+            return self.crew.lead(self._run) if self.crew else self._run()
 
     def _run(self) -> int:
         ctx = self.ctx
         ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
         say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")
+        if ctx.options.rendezvous.multinode:
+            say(f"this agent: {ctx.options.rendezvous.describe()}")
         try:
             selected = self.select()
             self.preseed(selected)

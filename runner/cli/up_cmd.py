@@ -17,17 +17,29 @@ from backends.modal_options import MODAL_KEYS, modal_options
 from .options import make_plan, node_options, pairs, plan_options, storage_option
 from .watch import follow_run, say
 
-SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse")
+SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse", "master_port")
 BACKEND_OPTIONS = {"ssh": SSH_KEYS, "modal": MODAL_KEYS}  # options only one backend takes; it gets them in configure()
 
 ssh_options = [
-    click.option("--host", default=None, metavar="USER@HOST[:PORT]", help="ssh backend: the GPU host to log in to."),
+    click.option("--host", multiple=True, metavar="USER@HOST[:PORT]",
+                 help="ssh backend: the GPU host to log in to; repeat it for several nodes (--nodes N), the first one the leader."),
+    click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+                 help="ssh backend, several hosts: torchrun's rendezvous port on the first host (default 29500)."),
     click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
     click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved)."),
     click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto)."),
     click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: upload this nanochat checkout instead of cloning it on the host."),
     click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
 ]
+
+
+def _is_multinode(name: str) -> bool:
+    from backends import get_backend
+
+    try:
+        return get_backend(name).multinode
+    except Exception:  # noqa: BLE001 - a backend whose SDK is missing here simply is not offered
+        return False
 
 
 def _with(options):
@@ -63,7 +75,7 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
        heartbeat_sec, image, rebuild, build_context, build_args, gpu_ids, scratch, env, dry_run, detach, **params):
     """Run the speedrun on a backend: prepare the launch, preflight the machine, start `runner node run` detached,
     and stream its output until it ends. Ctrl-C detaches; the run goes on."""
-    from backends import get_backend
+    from backends import REGISTRY, get_backend
     from backends.base import RunSpec
 
     from ..plan import Plan
@@ -83,6 +95,10 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
             the_plan.run_id = run_id
     else:
         the_plan = make_plan(**params, run_id=run_id, on_this_machine=backend_name == "here")
+    if the_plan.nodes > 1 and not backend.multinode:
+        multi = ", ".join(name for name in REGISTRY if name != backend_name and _is_multinode(name))
+        raise click.UsageError(f"--backend {backend_name} runs one node; this plan has {the_plan.nodes} (--nodes)."
+                               + (f" Several nodes run on: {multi}." if multi else ""))
     spec = RunSpec(
         plan=the_plan, storage=storage, storage_options=list(storage_options),
         offline=offline, force=force, fresh=fresh, from_phase=from_phase, only_phase=only_phase, heartbeat_sec=heartbeat_sec,
