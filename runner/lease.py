@@ -37,14 +37,14 @@ MIN_TTL_SEC = 5.0
 class LeaseHeld(RunnerError):
     """Another node agent writes to this model's folder in storage."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 class LeaseLost(RunnerError, PermissionError):
     """This agent's lease was taken over by another agent; it must not write any more. A PermissionError, so that
     retry loops treat it as final, never as a storage blip."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 @dataclass

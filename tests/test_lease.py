@@ -75,7 +75,7 @@ def test_two_agents_started_together_one_trains_the_other_is_refused_by_name(tmp
     outputs = {"one": out_one(), "two": out_two()}
     winner = next(name for name, code in codes.items() if code == 0)
     loser = "two" if winner == "one" else "one"
-    assert codes[loser] == 7, outputs[loser]
+    assert codes[loser] == 8, outputs[loser]
     assert f"Model d4 in this storage is being written by run {winner}" in outputs[loser]
     assert "--steal" in outputs[loser] and "Traceback" not in outputs[loser]
     assert read_calls(tmp_path / f"calls-{loser}.jsonl") == []  # it ran nothing
@@ -98,11 +98,11 @@ def test_a_stale_lease_from_a_kill_9_is_taken_over_after_it_expires(tmp_path, wh
     fs.pipe(f"{root}/{LEASE}", json.dumps({**record, "host": "another-node"}).encode())
 
     fresh, out = _start(tmp_path, where, "second", "--steal", plan=plan)
-    assert _wait(fresh) == 7
+    assert _wait(fresh) == 8
     assert "is being written by run first (host another-node" in out() and "--steal-now" in out()
     time.sleep(max(0.0, record["expires_at"] - time.time()) + 0.5)
     without, out = _start(tmp_path, where, "second", plan=plan)
-    assert _wait(without) == 7
+    assert _wait(without) == 8
     assert "its lease expired at" in out() and "run the same command with --steal" in out()
     took, out = _start(tmp_path, where, "second", "--steal", plan=plan)
     assert _wait(took) == 0, out()
@@ -128,7 +128,7 @@ def test_an_agent_whose_lease_is_stolen_stops_before_its_next_write(tmp_path, wh
     victim, victim_out = _start(tmp_path, where, "victim", plan=plan, step_sec="1")
     _wait_for_training(tmp_path, "victim")
     thief, thief_out = _start(tmp_path, where, "thief", "--steal-now", plan=plan)
-    assert _wait(victim, timeout=60) == 7, victim_out()
+    assert _wait(victim, timeout=60) == 8, victim_out()
     assert "lost the lease of model d4 (taken over by run thief" in victim_out()
     assert "Traceback" not in victim_out()
     status_after_loss = fs.cat(f"{root}/_runner/runs/victim/status.json")
