@@ -229,3 +229,13 @@ def test_node_run_against_a_silent_s3_endpoint_ends_with_a_clear_error(tmp_path)
     assert "storage not answering for" in result.output and "gave no answer" in result.output, result.output
     assert "Traceback" not in result.output
     assert waited < 60, f"took {waited:.0f} s"
+
+
+def test_runner_ls_against_a_silent_s3_endpoint_says_what_it_waits_for(tmp_path):
+    with SilentServer() as server:
+        env = base_env(tmp_path, {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                                  "RUNNER_STORAGE_TIMEOUT_SEC": "5"})
+        result = runner(["ls", "s3://silent/x"], env)
+    assert result.code == 1 and "Traceback" not in result.output
+    assert "storage not answering for" in result.output and "listing s3://silent/x" in result.output
+    assert "gave no answer for 5 s" in result.output
