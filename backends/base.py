@@ -143,6 +143,7 @@ class Backend(ABC):
     """One place runs can be started; see the module docstring for the contract."""
 
     name: str = ""
+    multinode: bool = False  # starts one node agent per node of a `--nodes N` plan (else: refused for N > 1)
 
     def handle_for(self, ident: str) -> str:
         return f"{self.name}://{ident}"

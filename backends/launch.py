@@ -36,6 +36,11 @@ class NodeCommand:
     plan_file: str | None = None  # None: the plan arrives in RUNNER_PLAN_JSON
     nanochat_dir: str | None = None
     scratch: str | None = None
+    # Several nodes: this node's place in the run (None: one node, or the engine states it, e.g. Slurm's SLURM_*).
+    nnodes: int | None = None
+    node_rank: int | None = None
+    master: str | None = None  # ADDR:PORT of node rank 0's torchrun rendezvous
+    launch_id: str | None = None
 
     def argv(self) -> list[str]:
         """The runner's arguments (the program itself is the image's entrypoint or the host's `runner`)."""
@@ -51,6 +56,10 @@ class NodeCommand:
         argv += ["--from", self.from_phase] if self.from_phase else []
         argv += ["--only", self.only_phase] if self.only_phase else []
         argv += ["--heartbeat-sec", f"{self.heartbeat_sec:g}"] if self.heartbeat_sec is not None else []
+        argv += ["--nnodes", str(self.nnodes)] if self.nnodes is not None else []
+        argv += ["--node-rank", str(self.node_rank)] if self.node_rank is not None else []
+        argv += ["--master", self.master] if self.master else []
+        argv += ["--launch-id", self.launch_id] if self.launch_id else []
         return argv
 
     def continuing(self) -> "NodeCommand":

@@ -85,12 +85,29 @@ def is_whole(path: Path) -> bool:
         return False
 
 
-def missing_parts(ckpt: LocalCheckpoint, nproc: int, optimizer: bool = True) -> list[str]:
+def missing_parts(ckpt: LocalCheckpoint, nproc: int, optimizer: bool = True, share: "NodeShare | None" = None) -> list[str]:
+    """The files of this checkpoint that this node writes and does not have yet (one node: all of them)."""
     step = ckpt.step
-    wanted = [f"model_{step:06d}.pt", f"meta_{step:06d}.json"]
+    wanted = [f"model_{step:06d}.pt", f"meta_{step:06d}.json"] if share is None or share.leader else []
     if optimizer:
-        wanted += [f"optim_{step:06d}_rank{r}.pt" for r in range(nproc)]
+        wanted += [f"optim_{step:06d}_rank{r}.pt" for r in (share.ranks if share else range(nproc))]
     return [name for name in wanted if name not in ckpt.files]
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """One node's share of a checkpoint written by several nodes: rank 0's node (the leader) writes model, meta
+    and its ranks' optimizer shards and seals the checkpoint once every other node's part record is in storage;
+    every other node uploads its own ranks' shards and writes a part record (board: multinode.LaunchBoard)."""
+
+    leader: bool
+    ranks: range
+    board: object
+    wait_sec: float
+
+
+def file_facts(files: dict[str, Path]) -> dict[str, dict]:
+    return {name: {"size": path.stat().st_size, "sha256": sha256(path)} for name, path in sorted(files.items())}
 
 
 def sha256(path: Path) -> str:
@@ -101,11 +118,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_for(ckpt: LocalCheckpoint, nproc: int) -> dict:
+def manifest_for(ckpt: LocalCheckpoint, nproc: int, other_nodes: dict | None = None) -> dict:
+    """The manifest of a checkpoint: this node's files, plus the other nodes' (from their part records)."""
     return {
         "step": ckpt.step,
         "processes": nproc,
-        "files": {name: {"size": path.stat().st_size, "sha256": sha256(path)} for name, path in sorted(ckpt.files.items())},
+        "files": dict(sorted({**(other_nodes or {}), **file_facts(ckpt.files)}.items())),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -150,15 +168,17 @@ class CheckpointUploader:
     """Uploads each complete checkpoint from a scratch folder while training runs; manifest last."""
 
     def __init__(self, storage: Storage, local: Path, rel: str, nproc: int, state: SyncState, log=print, optimizer: bool = True,
-                 poll_sec: float = POLL_SEC):
+                 poll_sec: float = POLL_SEC, share: NodeShare | None = None):
         self.storage, self.local, self.rel, self.nproc, self.state, self.log = storage, local, rel, nproc, state, log
-        self.optimizer, self.poll_sec = optimizer, poll_sec
+        self.optimizer, self.poll_sec, self.share = optimizer, poll_sec, share
+        self.unsealed: set[int] = set()  # the leader's steps whose files are up, waiting for other nodes' parts
         self.done: set[int] = set()
         self.sizes: dict[str, int] = {}  # last seen sizes, for "stopped growing"
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.failures = 0
         self.uploaded: list[int] = []
+        self.started: dict[int, float] = {}
 
     def start(self) -> "CheckpointUploader":
         self.done |= set(stored_checkpoints(self.storage, self.rel).complete)
@@ -179,11 +199,18 @@ class CheckpointUploader:
         deadline = time.monotonic() + 30 * 60
         while not self._pass(final=True) and time.monotonic() < deadline:
             time.sleep(min(RETRY_MAX_SEC, 2 ** min(self.failures, 6)))
+        # Several nodes: the other nodes upload their shards after their own ranks exit; wait for them, bounded.
+        deadline = time.monotonic() + (self.share.wait_sec if self.share else 0)
+        while self.unsealed and time.monotonic() < deadline:
+            time.sleep(self.poll_sec)
+            self._seal_waiting()
+        for step in sorted(self.unsealed):
+            self.log(f"checkpoint step {step} of {self.rel} stays unsealed: another node's optimizer shards never reached storage")
         return self.uploaded
 
     def _ready(self, ckpt: LocalCheckpoint, final: bool) -> bool:
         """All parts present, none grew since the last look (unless the trainer has exited), all whole."""
-        if missing_parts(ckpt, self.nproc, self.optimizer):
+        if missing_parts(ckpt, self.nproc, self.optimizer, self.share):
             return False
         ready = True
         for name, path in ckpt.files.items():
@@ -197,9 +224,10 @@ class CheckpointUploader:
         """One look at the folder; returns True when nothing ready is left to upload."""
         try:
             for step, ckpt in sorted(local_checkpoints(self.local).items()):
-                if step in self.done or not self._ready(ckpt, final):
+                if step in self.done or step in self.unsealed or not self._ready(ckpt, final):
                     continue
                 self._upload(ckpt)
+            self._seal_waiting()
             self.failures = 0
             return True
         except Exception as e:  # noqa: BLE001 - storage may be briefly unreachable: retry on the next pass
@@ -210,6 +238,8 @@ class CheckpointUploader:
 
     def _upload(self, ckpt: LocalCheckpoint) -> None:
         started = time.monotonic()
+        if self.share and not self.share.leader:  # a follower's own: its ranks' shards (model and meta are rank 0's)
+            ckpt = LocalCheckpoint(ckpt.step, {n: p for n, p in ckpt.files.items() if n.startswith("optim_") and int(FILE_RE.match(n).group(3)) in self.share.ranks})
         for name, path in sorted(ckpt.files.items()):
             if self.state.in_sync(path):
                 continue  # landed on an earlier pass
@@ -220,16 +250,35 @@ class CheckpointUploader:
             if info.get("size") != path.stat().st_size:
                 raise OSError(f"{target} landed with {info.get('size')} bytes, expected {path.stat().st_size}")
             self.state.record(path, object_tag(info))
-        manifest = manifest_for(ckpt, self.nproc if self.optimizer else 0)
-        self.storage.write_text(f"{self.rel}/{MANIFEST.format(step=ckpt.step)}", json.dumps(manifest, indent=2))
         self.state.save()
-        self.done.add(ckpt.step)
-        self.uploaded.append(ckpt.step)
-        size = sum(f["size"] for f in manifest["files"].values())
-        self.log(f"checkpoint step {ckpt.step} is in storage ({size / 1e6:,.1f} MB in {time.monotonic() - started:.1f}s, manifest written)")
+        self.started[ckpt.step] = started
+        if self.share and not self.share.leader:
+            # A follower's files count once the leader merges them into the manifest; it says which are its own.
+            self.share.board.write_part(self.rel, ckpt.step, file_facts(ckpt.files))
+            self.done.add(ckpt.step)
+            self.uploaded.append(ckpt.step)
+            self.log(f"checkpoint step {ckpt.step}: this node's shards are in storage ({', '.join(sorted(ckpt.files))})")
+            return
+        self.unsealed.add(ckpt.step)
+        self._seal_waiting()
+
+    def _seal_waiting(self) -> None:
+        """Write the manifest of each uploaded step whose other nodes' parts are all in storage (one node: at once)."""
+        for step in sorted(self.unsealed):
+            others = self.share.board.parts(self.rel, step) if self.share else {}
+            if others is None:
+                continue
+            ckpt = local_checkpoints(self.local)[step]
+            manifest = manifest_for(ckpt, self.nproc if self.optimizer else 0, others)
+            self.storage.write_text(f"{self.rel}/{MANIFEST.format(step=step)}", json.dumps(manifest, indent=2))
+            self.unsealed.discard(step)
+            self.done.add(step)
+            self.uploaded.append(step)
+            size = sum(f["size"] for f in manifest["files"].values())
+            self.log(f"checkpoint step {step} is in storage ({size / 1e6:,.1f} MB in {time.monotonic() - self.started.pop(step, time.monotonic()):.1f}s, manifest written)")
 
 
-def seal(storage: Storage, local: Path, rel: str, log=print) -> list[int]:
+def seal(storage: Storage, local: Path, rel: str, log=print, board=None) -> list[int]:
     """After a phase pushed a checkpoint folder: write the manifest of every whole local checkpoint lacking one.
 
     Used for the checkpoints of phases that save only at the end (mid, SFT, RL), whose files are pushed with
@@ -243,7 +292,9 @@ def seal(storage: Storage, local: Path, rel: str, log=print) -> list[int]:
         if not all(is_whole(p) for p in ckpt.files.values()):
             log(f"not sealing checkpoint step {step} of {rel}: a file is torn")
             continue
-        manifest = manifest_for(ckpt, len(ckpt.ranks()))
+        others = (board.parts(rel, step) if board else None) or {}  # the other nodes' shards (several nodes)
+        ranks = ckpt.ranks() | {int(FILE_RE.match(n).group(3)) for n in others if n.startswith("optim_")}
+        manifest = manifest_for(ckpt, len(ranks), others)
         storage.write_text(f"{rel}/{MANIFEST.format(step=step)}", json.dumps(manifest, indent=2))
         sealed.append(step)
     return sealed

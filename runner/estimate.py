@@ -74,26 +74,27 @@ def _phase_hours(phase, plan, flops_per_second: float) -> float:
         return cost.get("rehearsal_minutes", cost.get("smoke_minutes", 1.0)) / 60
     if plan.smoke:
         return cost.get("smoke_minutes", 1.0) / 60
-    evals = _gpu_hours_to_hours(cost.get("eval_gpu_hours_at_d20", 0.0), params, plan.gpus)
+    evals = _gpu_hours_to_hours(cost.get("eval_gpu_hours_at_d20", 0.0), params, plan.world_size)
     model = cost.get("model", "fixed")
     if model == "download":
         return plan.data["shards"] * a["shard_mb"] / a["download_mb_per_s"] / 3600
     if model == "tokenizer":
         return 2e9 / TOKENIZER_CHARS_PER_SECOND / 3600
     if model == "base_training":
-        return base_training_hours(plan.shape, plan.gpus, plan.gpu_type) + evals
+        return base_training_hours(plan.shape, plan.world_size, plan.gpu_type) + evals
     if model == "training_tokens":
         return 6 * params * cost["tokens"] / flops_per_second / 3600 + evals
     if model == "gpu_hours":
-        return _gpu_hours_to_hours(cost["gpu_hours_at_d20"], params, plan.gpus) + evals
+        return _gpu_hours_to_hours(cost["gpu_hours_at_d20"], params, plan.world_size) + evals
     return cost.get("minutes", 1.0) / 60
 
 
 def estimate_phases(plan) -> list[PhaseEstimate]:
     gpu = gpu_facts(plan.gpu_type)
-    flops_per_second = plan.gpus * gpu["peak_bf16_tflops"] * 1e12 * prices()["assumptions"]["mfu"]
-    # The whole node is billed while any phase runs, including the CPU-bound data and tokenizer phases.
-    billed = plan.gpus if plan.on_gpus else 0  # the rehearsal rents nothing
+    flops_per_second = plan.world_size * gpu["peak_bf16_tflops"] * 1e12 * prices()["assumptions"]["mfu"]
+    # Every node is billed while any phase runs, including the CPU-bound data and tokenizer phases (which only the
+    # first node works on). Scaling across nodes is assumed linear at the same MFU.
+    billed = plan.world_size if plan.on_gpus else 0  # the rehearsal rents nothing
     return [PhaseEstimate(phase.name, _phase_hours(phase, plan, flops_per_second), billed) for phase in plan.phases]
 
 
@@ -108,9 +109,12 @@ def assumptions(plan) -> list[str]:
         f"shards: {plan.data['shards']} × {a['shard_mb']} MB at {a['download_mb_per_s']} MB/s; "
         f"tokenizer at {TOKENIZER_CHARS_PER_SECOND / 1e6:.0f}M chars/s",
         f"device batch {plan.shape['device_batch_size']} (est. {plan.shape['est_memory_gib']} GiB of "
-        f"{gpu['memory_gib']} GB per GPU)",
-        "every phase bills all GPUs of the node; prices per GPU-hour from " + str(PRICES_FILE),
+        f"{gpu['memory_gib']} GB per GPU) × {plan.shape.get('grad_accum_steps', 1)} gradient accumulation step(s) × "
+        f"{plan.world_size} processes = the total batch of {plan.shape['total_batch_tokens']:,} tokens",
+        "every phase bills all GPUs of every node; prices per GPU-hour from " + str(PRICES_FILE),
     ]
+    if plan.nodes > 1:
+        lines.append(f"{plan.nodes} nodes scale linearly at the same MFU (a cluster's interconnect decides how close it comes)")
     if plan.smoke and not plan.on_gpus:
         return ["rehearsal: minutes per phase as measured with the real nanochat on a 2-core x86 machine (one thread per "
                 "process, as nanochat sets OMP_NUM_THREADS=1); nothing is billed"]

@@ -93,12 +93,15 @@ def phase_env(base_dir: Path, cache_dir: Path, extra: dict | None = None) -> dic
     return env
 
 
-def command(nanochat: Nanochat, step) -> list[str]:
-    """argv for one step: plain `python -m` on one process, torchrun (from the same interpreter) on several.
+def command(nanochat: Nanochat, step, rendezvous=None) -> list[str]:
+    """argv for one step: plain `python -m` on one process, torchrun (from the same interpreter) on several, and
+    on several nodes torchrun with this node's rank and the master's static rendezvous (rendezvous.py).
 
     The `--` matters: without it torchrun parses the script's options as its own, and `--run=dummy` fails as
     an ambiguous abbreviation of torchrun's `--run-path`.
     """
-    if step.nproc > 1:
-        return [nanochat.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={step.nproc}", "-m", step.module, "--", *step.args]
+    several_nodes = rendezvous is not None and rendezvous.multinode and step.all_gpus
+    if step.nproc > 1 or several_nodes:
+        launch = rendezvous.torchrun_args(step.nproc) if several_nodes else ["--standalone", f"--nproc_per_node={step.nproc}"]
+        return [nanochat.python, "-m", "torch.distributed.run", *launch, "-m", step.module, "--", *step.args]
     return [nanochat.python, "-m", step.module, *step.args]

@@ -22,6 +22,7 @@ from .nanochat_env import locate
 from .process import LogSink
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
+from .rendezvous import Rendezvous
 from .recipes import load_recipe
 from .resume import stage_newest_complete
 from .steps import StepRunner
@@ -49,6 +50,8 @@ class NodeOptions:
     only_phase: str | None = None
     heartbeat_sec: float = 60.0
     log_upload_sec: float = 15.0
+    rendezvous: Rendezvous = field(default_factory=Rendezvous)  # this node among the run's nodes (one node: the default)
+    leader_wait_sec: float = 1800.0  # how long a follower waits for the leader's "phase inputs ready"
 
 
 def run_node(plan, options: NodeOptions) -> int:
@@ -56,6 +59,7 @@ def run_node(plan, options: NodeOptions) -> int:
     before the first write to storage or scratch."""
     check_run_id(options.run_id)
     _check_phase_names(plan, options)
+    check_nodes_match(plan, options.rendezvous)
     plan.check()  # every command against the pin's flag table, wherever the plan came from
     storage = open_storage(options.storage, options.storage_options)
     nanochat = locate(nanochat_dir(options.nanochat_dir, plan, log=say), options.python, plan.commit, plan.recipe)
@@ -63,9 +67,30 @@ def run_node(plan, options: NodeOptions) -> int:
     check_scratch_space(ctx.scratch, plan)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return NodeAgent(ctx).run()
+        if not options.rendezvous.is_leader:
+            from .follower import Follower
+
+            return Follower(ctx).run()  # joins the leader's steps; writes no marker, status or manifest
+        return NodeAgent(ctx).run()  # one node, or node rank 0 of several: the leader
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_nodes_match(plan, rendezvous: Rendezvous) -> None:
+    """The plan's batch was derived for its world size: a node count other than the plan's would break it."""
+    if rendezvous.nnodes != plan.nodes:
+        raise PlanError(f"This plan is for {plan.nodes} node(s), but this agent was started as one of {rendezvous.nnodes}.",
+                        [f"Start {plan.nodes} node agent(s) (--nnodes {plan.nodes}), or make the plan with --nodes {rendezvous.nnodes}."])
+
+
+def crew_for(ctx):
+    """The leader's side of several nodes (multinode.Crew), or None on one node."""
+    rendezvous = ctx.options.rendezvous
+    if not rendezvous.multinode:
+        return None
+    from .multinode import Crew, LaunchBoard
+
+    return Crew(LaunchBoard(ctx.storage, ctx.run_id, rendezvous, ctx.options.leader_wait_sec, log=say), ctx.plan.gpus)
 
 
 def _raise_interrupt(signum, frame):
@@ -86,10 +111,14 @@ def _check_phase_names(plan, options: NodeOptions) -> None:
 
 
 class NodeAgent:
+    """The agent of one node, or the leader (node rank 0) of several: only it selects phases, pre-seeds, and writes
+    markers, status and manifests; `run` is where that leader-only work happens."""
+
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.ledger = RunLedger()
-        self.steps = StepRunner(ctx, self.ledger)
+        self.crew = crew_for(ctx)  # None on one node
+        self.steps = StepRunner(ctx, self.ledger, self.crew)
         self.keys = markers.phase_keys(ctx.plan)
 
     # -- selection ---------------------------------------------------------------------------------------------
@@ -225,7 +254,7 @@ class NodeAgent:
         if not self.stage_in(phase, steps, marker):
             return
         results: dict[StepResult, list[str]] = {StepResult.OK: list(marker.get("steps_ok", [])) if marker else [], StepResult.FAILED: [], StepResult.SKIPPED: []}
-        publishers = CheckpointPublisher.for_phase(ctx, phase, say)
+        publishers = CheckpointPublisher.for_phase(ctx, phase, say, self.crew.share() if self.crew else None)
         sink = LogSink(ctx.log_dir / f"{phase.name}.log", ctx.storage, ctx.phase_log(phase.name), ctx.options.log_upload_sec, log=say)
         try:
             for step in steps:
@@ -261,9 +290,27 @@ class NodeAgent:
     # -- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """The leader's run; on several nodes the other nodes follow the steps it announces until it ends the launch."""
+        if self.crew is None:
+            return self._run()
+        self.crew.board.start_heartbeat()
+        code, state = 1, "failed"
+        try:
+            code = self._run()
+            state = "interrupted" if code == EXIT_INTERRUPTED else "succeeded"
+            return code
+        except BaseException as e:
+            code = getattr(e, "exit_code", 1)
+            raise
+        finally:
+            self.crew.board.end(state, code)
+
+    def _run(self) -> int:
         ctx = self.ctx
         ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
         say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")
+        if ctx.options.rendezvous.multinode:
+            say(f"this agent: {ctx.options.rendezvous.describe()}")
         try:
             selected = self.select()
             self.preseed(selected)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 from . import model as model_math
 from .errors import PlanError
 from .plan_data import PLAN_VERSION, Phase, Plan, Step  # noqa: F401 - the plan's types, re-exported for its users
 from .recipes import DEFAULT_RECIPE, load_recipe
+from .world import Batch, check_nodes, derive_batch
 
 SUPPORTED_GPU_COUNTS = (1, 2, 4, 8)
 PRESET_DEPTHS = {"d12": 12, "d20": 20, "d24": 24, "d26": 26, "d32": 32}
@@ -63,9 +65,17 @@ def check_device(device: str, smoke: bool, gpus: int) -> None:
         raise PlanError(f"The {device.upper()} rehearsal runs as one process, not {gpus}.", ["Drop --gpus."])
 
 
-def new_run_id(model: str, recipe: str, gpus: int, device: str = "cuda") -> str:
-    where = f"{gpus}gpu" if device == "cuda" else device
+def new_run_id(model: str, recipe: str, gpus: int, device: str = "cuda", nodes: int = 1) -> str:
+    where = (f"{nodes}x{gpus}gpu" if nodes > 1 else f"{gpus}gpu") if device == "cuda" else device
     return f"{recipe}-{model}-{where}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def plan_batch(recipe: dict, shape, smoke: bool, world_size: int, where: str) -> Batch:
+    """The device batch and gradient accumulation at this world size. The smoke sizes scale their total batch with
+    the world size (device batch 1), so only the real sizes can be refused."""
+    if smoke:
+        return Batch(1, 1, world_size)
+    return derive_batch(shape.total_batch_tokens, recipe["model"]["max_seq_len"], world_size, shape.device_batch_size, where)
 
 
 def _fill(template: str, values: dict) -> str:
@@ -102,6 +112,7 @@ def build_plan(
     run_id: str | None = None,
     checkpoint_every_min: float = 30.0,
     device: str = "cuda",
+    nodes: int = 1,
 ) -> Plan:
     from .estimate import gpu_facts
 
@@ -112,7 +123,9 @@ def build_plan(
     model_name, depth_value, smoke = parse_model(model, depth, recipe)
     gpus = gpus if gpus is not None else (1 if smoke else 8)
     check_gpus(gpus)
-    check_device(device, smoke, gpus)
+    check_nodes(nodes)
+    check_device(device, smoke, gpus * nodes)
+    world_size = gpus * nodes
     gpu = gpu_facts(gpu_type)
     shape = model_math.derive_shape(depth_value, recipe["model"], recipe["data"], gpu["memory_gib"])
     if shape.device_batch_size == 0:
@@ -122,7 +135,11 @@ def build_plan(
             ["Choose a smaller model (--model d20) or a GPU with more memory (--gpu-type H200)."],
         )
     shards = recipe["smoke"]["shards"] if smoke else shape.shards_to_download
-    run_id = run_id or new_run_id(model_name, recipe_name, gpus, device)
+    batch = plan_batch(recipe, shape, smoke, world_size, f"{model_name} on {nodes} node(s) × {gpus} GPU(s)")
+    if batch.device_batch != shape.device_batch_size and not smoke:
+        shape = replace(shape, device_batch_size=batch.device_batch,
+                        est_memory_gib=round(model_math.training_memory_gib(depth_value, batch.device_batch, recipe["model"]), 1))
+    run_id = run_id or new_run_id(model_name, recipe_name, gpus, device, nodes)
     wandb_run = wandb_run or run_id
     values = {
         "depth": depth_value,
@@ -131,12 +148,14 @@ def build_plan(
         "device_batch_size": shape.device_batch_size,
         "shards": shards,
         "wandb_run": wandb_run,
-        "smoke_batch_tokens": SMOKE_TOKENS_PER_GPU * gpus,
-        "smoke_eval_tokens": 2 * SMOKE_TOKENS_PER_GPU * gpus,
-        "smoke_sft_batch_tokens": 2 * SMOKE_TOKENS_PER_GPU * gpus,
-        "gpus": gpus,
+        # Sizes per process scale with the world size (all GPUs of all nodes); {gpus} is the world size too, so
+        # 1 node × 8 and 2 nodes × 4 make the same phases (and resume each other's checkpoints).
+        "smoke_batch_tokens": SMOKE_TOKENS_PER_GPU * world_size,
+        "smoke_eval_tokens": 2 * SMOKE_TOKENS_PER_GPU * world_size,
+        "smoke_sft_batch_tokens": 2 * SMOKE_TOKENS_PER_GPU * world_size,
+        "gpus": world_size,
         "fp8": "--fp8" if gpu_type in FP8_GPUS else "",
-        "save_every": save_every_steps(shape, gpus, gpu_type, checkpoint_every_min),
+        "save_every": save_every_steps(shape, world_size, gpu_type, checkpoint_every_min),
     }
     runtime = set(recipe["placeholders"].get("runtime", []))
     identity_values = {k: (f"{{{k}}}" if k in runtime else v) for k, v in values.items()}
@@ -155,6 +174,7 @@ def build_plan(
                 args=_fill_all(args, values),
                 identity=_fill_all(args, identity_values),
                 nproc=gpus if raw.get("gpus") == "all" else 1,
+                all_gpus=raw.get("gpus") == "all",
                 critical=raw.get("critical", True),
                 uses=list(raw.get("uses", [])),
                 offline=raw.get("offline", "fail"),
@@ -195,6 +215,8 @@ def build_plan(
         phases=phases,
         run_id=run_id,
         device=device,
+        nodes=nodes,
     )
+    the_plan.shape.update(grad_accum_steps=batch.grad_accum, world_size=world_size)
     the_plan.check(fix="Fix the recipe file so every flag exists in its flag table (runner/recipes/flags-*.json).")
     return the_plan

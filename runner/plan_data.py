@@ -25,7 +25,8 @@ class Step:
     # The arguments with the recipe's runtime placeholders left unfilled ("--run={wandb_run}"): what the phase's
     # marker key hashes, so a W&B name, a checkpoint interval or a device batch never makes a finished phase run again.
     identity: list[str] = field(default_factory=list)
-    nproc: int = 1  # >1: launched with torchrun
+    nproc: int = 1  # >1: launched with torchrun (processes per node)
+    all_gpus: bool = False  # runs on every GPU of every node (torchrun); False: one process, on the leader node only
     critical: bool = True  # False: a failure is recorded and the run goes on (evaluations)
     uses: list[str] = field(default_factory=list)  # pre-seeded items
     offline: str = "fail"  # fail | skip | without: what --offline does when a `uses` item is missing
@@ -36,8 +37,11 @@ class Step:
     checkpoints: str = ""  # the storage folder of the checkpoints this step writes
     compiles: bool = False  # runs torch.compile: compile caches are restored before and saved after
 
-    def display(self) -> str:
+    def display(self, nodes: int = 1) -> str:
         args = " ".join(self.args)
+        if self.all_gpus and nodes > 1:
+            return (f"torchrun --nnodes={nodes} --node_rank=R --nproc_per_node={self.nproc} --master_addr=MASTER "
+                    f"--master_port=PORT -m {self.module} -- {args}").rstrip()
         if self.nproc > 1:
             return f"torchrun --standalone --nproc_per_node={self.nproc} -m {self.module} -- {args}".rstrip()
         return f"python -m {self.module} {args}".rstrip()
@@ -73,7 +77,13 @@ class Plan:
     run_id: str = ""
     backend: str = ""  # where it runs (set by `runner up`); prices the live cost
     device: str = "cuda"  # cuda: NVIDIA GPUs; cpu or mps: the rehearsal on a machine without them
+    nodes: int = 1  # machines of `gpus` GPUs each, in one process group of nodes × gpus ranks
     version: int = PLAN_VERSION
+
+    @property
+    def world_size(self) -> int:
+        """Training processes across all nodes: what nanochat divides its batch by and shards optimizer state over."""
+        return self.nodes * self.gpus
 
     @property
     def on_gpus(self) -> bool:
@@ -81,6 +91,8 @@ class Plan:
 
     def where(self) -> str:
         """Where it runs, in words: "8× H100", or this machine's CPU."""
+        if self.on_gpus and self.nodes > 1:
+            return f"{self.nodes} nodes × {self.gpus}× {self.gpu_type} ({self.world_size} GPUs)"
         return f"{self.gpus}× {self.gpu_type}" if self.on_gpus else f"this machine's {self.device.upper()} (the rehearsal)"
 
     @property
@@ -126,7 +138,8 @@ class Plan:
                 f"This plan has version {raw.get('version')}, this runner reads version {PLAN_VERSION}.",
                 ["Make the plan again with this runner: `runner plan --json > plan.json`."],
             )
-        phases = [Phase(**{**p, "steps": [Step(**s) for s in p["steps"]]}) for p in raw["phases"]]
+        steps = lambda p: [Step(**{"all_gpus": s.get("nproc", 1) > 1, **s}) for s in p["steps"]]  # noqa: E731 - older plans: torchrun steps had nproc > 1
+        phases = [Phase(**{**p, "steps": steps(p)}) for p in raw["phases"]]
         return cls(**{**raw, "phases": phases})
 
     @classmethod

@@ -3,7 +3,8 @@
 On a rerun (the same backend or another one pointed at the same storage) base_train resumes with
 `--resume_from_step` from the newest *complete* checkpoint in storage (manifest present, every file there at its
 size, and the staged files matching the manifest's checksums); torn or unsealed ones are ignored and reported.
-Optimizer state is sharded per process, so a different GPU count is refused with what to do instead.
+Optimizer state is sharded per process, so a different world size (nodes × GPUs) is refused with what to do
+instead; on several nodes each node stages the model, the meta and only its own ranks' shards.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from .checkpoints import MANIFEST, local_checkpoints, sha256, stored_checkpoints
+from .checkpoints import FILE_RE, MANIFEST, local_checkpoints, sha256, stored_checkpoints
 from .errors import PlanError
 from .storage import Storage
 from .transfer import SyncState, pull
 
 
-def _drop_local(folder: Path, keep_step: int | None) -> None:
+def drop_local(folder: Path, keep_step: int | None) -> None:
     """Remove scratch checkpoint files other than `keep_step`'s: leftovers of a killed run may be torn, and
     nanochat loads the highest step it finds."""
     for step, ckpt in local_checkpoints(folder).items():
@@ -31,8 +32,10 @@ def report_incomplete(stored, rel: str, log=print) -> None:
         log(f"ignoring checkpoint step {step} of {rel}: {why}")
 
 
-def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncState, log=print, stored=None) -> int | None:
-    """Pull only the newest complete checkpoint of `rel` (what nanochat will load); returns its step.
+def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncState, log=print, stored=None, ranks=None,
+                          step: int | None = None) -> int | None:
+    """Pull only the newest complete checkpoint of `rel` (what nanochat will load), or the complete one at `step`;
+    returns its step. `ranks`: the optimizer shards this node's processes load (several nodes; None: every shard).
 
     A folder without any manifest (made by hand, or by an older tool) is pulled whole, as it is.
     """
@@ -40,16 +43,21 @@ def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncSt
         stored = stored_checkpoints(storage, rel)
         report_incomplete(stored, rel, log)
     candidates = sorted(stored.complete.items(), reverse=True)
+    if step is not None:
+        candidates = [(s, m) for s, m in candidates if s == step]
+        if not candidates:
+            raise PlanError(f"Checkpoint step {step} of {storage.url_of(rel)} is not complete in storage.",
+                            ["Run the launch again: the leader picks the newest complete checkpoint."])
     if not candidates:
         if not stored.incomplete:
             pull(storage, rel, local, state, log=log)
         return None
     for step, manifest in candidates:
-        wanted = set(manifest["files"])
+        wanted = {name for name in manifest["files"] if ranks is None or _rank_of(name) in (None, *ranks)}
         pull(storage, rel, local, state, log=log, only=wanted)
-        corrupt = [n for n, info in manifest["files"].items() if sha256(local / n) != info["sha256"]]
+        corrupt = [n for n, info in manifest["files"].items() if n in wanted and sha256(local / n) != info["sha256"]]
         if not corrupt:
-            _drop_local(local, step)
+            drop_local(local, step)
             return step
         log(f"checkpoint step {step} of {rel} does not match its manifest ({', '.join(corrupt)}); trying an older one")
         for name in corrupt:
@@ -60,8 +68,17 @@ def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncSt
     )
 
 
-def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh: bool, log=print) -> list[str]:
-    """Extra arguments for a resumable step: `FLAG=N` to resume from storage, or none for a fresh start."""
+def _rank_of(name: str) -> int | None:
+    """The rank of an optimizer shard; None for the files every node loads (model, meta)."""
+    match = FILE_RE.match(name)
+    return int(match.group(3)) if match and match.group(3) is not None else None
+
+
+def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh: bool, log=print, processes: int | None = None,
+                   ranks=None) -> list[str]:
+    """Extra arguments for a resumable step: `FLAG=N` to resume from storage, or none for a fresh start.
+    `processes`: the world size (default the step's processes on one node); `ranks`: this node's (None: all)."""
+    processes = processes or step.nproc
     rel = step.checkpoints
     stored = stored_checkpoints(storage, rel)
     report_incomplete(stored, rel, log)
@@ -71,16 +88,17 @@ def prepare_resume(storage: Storage, step, local: Path, state: SyncState, fresh:
             for old in sorted(stored.complete):
                 storage.remove(posixpath.join(rel, MANIFEST.format(step=old)))
             log(f"{step.name}: starting fresh; unsealed {len(stored.complete)} earlier checkpoint(s) of {rel} (files kept until overwritten)")
-        _drop_local(local, None)
+        drop_local(local, None)
         return []
     newest, manifest = max(stored.complete.items())
-    if manifest["processes"] != step.nproc:
+    if manifest["processes"] != processes:
         raise PlanError(
             f"The newest checkpoint of {storage.url_of(rel)} (step {newest}) was written by {manifest['processes']} "
-            f"processes, but this plan runs {step.nproc}; nanochat shards optimizer state per process.",
-            [f"Resume with --gpus {manifest['processes']}.", "Or start base training over with --only base --fresh (earlier checkpoints are overwritten)."],
+            f"processes, but this plan runs {processes}; nanochat shards optimizer state per process.",
+            [f"Resume with --nodes × --gpus = {manifest['processes']} (e.g. --gpus {manifest['processes']} on one node).",
+             "Or start base training over with --only base --fresh (earlier checkpoints are overwritten)."],
         )
-    resumed = stage_newest_complete(storage, rel, local, state, log=log, stored=stored)
+    resumed = stage_newest_complete(storage, rel, local, state, log=log, stored=stored, ranks=ranks)
     if resumed is None:
         return []
     log(f"{step.name}: resuming from step {resumed}, the newest complete checkpoint in storage")

@@ -22,8 +22,10 @@ from .status import now_iso
 
 
 class StepRunner:
-    def __init__(self, ctx: RunContext, ledger: RunLedger):
+    def __init__(self, ctx: RunContext, ledger: RunLedger, crew=None, saves_cache: bool = True):
         self.ctx, self.ledger = ctx, ledger
+        self.crew = crew  # several nodes, on the leader: multinode.Crew (announces steps to the other nodes)
+        self.saves_cache = saves_cache  # one node saves the shared compile cache: the leader
         self.compile_cache: CompileCache | None = None
 
     def _offline_args(self, phase, step) -> list[str] | None:
@@ -49,43 +51,61 @@ class StepRunner:
             say(f"{step.name}: all {ctx.plan.data['shards']} shards are already here; nothing to download")
             status.step(phase.name, step.name, state="ok", note="shards already in storage")
             return StepResult.OK
+        publisher = next((p for p in publishers if p.rel == step.checkpoints), None) if step.resume_flag else None
+        resumed_from = None
+        if publisher is not None:
+            resume = prepare_resume(ctx.storage, step, publisher.local, ctx.state, fresh=phase.name in self.ledger.fresh, log=say,
+                                    processes=self.processes(step), ranks=self.crew.ranks if self.crew else None)
+            if resume:
+                resumed_from = int(resume[0].split("=")[1])
+                status.append("resumes", {"phase": phase.name, "step": step.name, "from": resumed_from, "at": now_iso()})
+            args += resume
+        # Several nodes: the other nodes run this step with the same arguments, once the leader announces it.
+        announced = self.crew.announce(phase, step, args, resumed_from) if self.crew and step.all_gpus else None
+        started = time.monotonic()
+        code = self.execute(phase, step, args, sink, publisher)
+        if announced is not None:
+            self.crew.wait(announced, f"{phase.name}/{step.name}", failed=code != 0)
+        return self._judge(phase, step, code, round(time.monotonic() - started, 1), data_dir, sink)
+
+    def processes(self, step) -> int:
+        """The step's processes across all nodes (what a checkpoint's optimizer shards are counted against)."""
+        return step.nproc * self.ctx.plan.nodes if step.all_gpus else step.nproc
+
+    def execute(self, phase, step, args: list[str], sink, publisher=None) -> int:
+        """Run the step with these final arguments on this node: compile cache around it, checkpoints uploaded as
+        they complete, output streamed to the log and the status; returns the exit code."""
+        ctx, status = self.ctx, self.ctx.status
         env_extra = {}
         for name in step.uses:
             if name not in self.ledger.missing_items:
                 env_extra.update(ctx.items[name].env(ctx.base_dir, ctx.cache_dir))
         env = phase_env(ctx.base_dir, ctx.cache_dir, env_extra)
-        publisher = next((p for p in publishers if p.rel == step.checkpoints), None) if step.resume_flag else None
         if publisher is not None:
-            resume = prepare_resume(ctx.storage, step, publisher.local, ctx.state, fresh=phase.name in self.ledger.fresh, log=say)
-            if resume:
-                status.append("resumes", {"phase": phase.name, "step": step.name, "from": resume[0].split("=")[1], "at": now_iso()})
-            args += resume
-            publisher.watch(step.nproc)
+            publisher.watch(self.processes(step))
         cache = self._restore_compile_cache() if step.compiles else None
-        argv = command(ctx.nanochat, replace(step, args=args))
+        argv = command(ctx.nanochat, replace(step, args=args), ctx.options.rendezvous)
         header = f"==== {phase.name}/{step.name}: {' '.join(argv[1:])}"
         say(header.removeprefix("==== "))
         sink.write(header)
         status.set(step=step.name, progress={})
         status.step(phase.name, step.name, state="running", command=argv[1:])
-        started = time.monotonic()
 
         def on_line(line: str) -> None:
             progress, metrics = parse_line(line)
             if progress or metrics:
                 status.progress(progress, metrics)
-            if cache and progress.get("step", 0) >= EARLY_SAVE_AT_STEP and not cache.saves:
+            if cache and self.saves_cache and progress.get("step", 0) >= EARLY_SAVE_AT_STEP and not cache.saves:
                 cache.save_in_background(f"{step.name} reached step {progress['step']}")
 
         try:
-            code = run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}")
+            return run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}")
         finally:
             # Whatever happened to the trainer, what it completed goes to storage before we move on or stop.
             if publisher is not None:
                 status.step(phase.name, step.name, checkpoints_uploaded=publisher.stop_watching())
-            if cache:
+            if cache and self.saves_cache:
                 self._save_compile_cache(cache, f"{step.name} ended")
-        return self._judge(phase, step, code, round(time.monotonic() - started, 1), data_dir, sink)
 
     def _judge(self, phase, step, code: int, seconds: float, data_dir, sink) -> StepResult:
         status = self.ctx.status

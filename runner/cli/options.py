@@ -30,6 +30,8 @@ plan_options = _stack(
     click.option("--smoke", is_flag=True, help="Same as --model smoke: every phase at tiny sizes, in minutes (on a machine without NVIDIA GPUs: the CPU rehearsal)."),
     click.option("--depth", type=int, default=None, help="Any other depth instead of --model."),
     click.option("--gpus", type=int, default=None, help="GPUs per node: 1, 2, 4 or 8 (default 8; smoke: 1)."),
+    click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Machines of --gpus GPUs each in one training process group (world size = nodes × gpus)."),
     click.option("--gpu-type", default="H100", show_default=True, help="H100, H200, A100-80GB or B200 (prices.toml)."),
     click.option("--with-rl", is_flag=True, help="Add the optional RL phase (GSM8K)."),
     click.option("--wandb-run", default=None, help="W&B run name (default: the run id when WANDB_API_KEY is set, else dummy)."),
@@ -53,7 +55,7 @@ storage_option = click.option("--storage-option", "storage_options", multiple=Tr
 
 
 def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoint_every_min=30.0, run_id=None, smoke=False,
-              device="auto", on_this_machine=True):
+              device="auto", on_this_machine=True, nodes=1):
     """Build a plan. `--smoke` is `--model smoke`. `device` auto: a smoke run on this machine plans for what it has
     (NVIDIA GPUs, else the CPU/MPS rehearsal); anything else, or a run elsewhere, plans for NVIDIA GPUs. The W&B run
     is named after the run id (the one given, or the plan's new one) when a W&B key is present, else disabled
@@ -68,11 +70,11 @@ def make_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, checkpoi
     if device == "auto":
         from ..devices import local_device
 
-        device = local_device() if model == "smoke" and on_this_machine else "cuda"
+        device = local_device() if model == "smoke" and on_this_machine and nodes == 1 else "cuda"
     if wandb_run is None and not os.environ.get("WANDB_API_KEY"):
         wandb_run = "dummy"  # nanochat's name for "no W&B"
     return build_plan(recipe, model, depth, gpus, gpu_type, with_rl, wandb_run, run_id=run_id,
-                      checkpoint_every_min=checkpoint_every_min, device=device)
+                      checkpoint_every_min=checkpoint_every_min, device=device, nodes=nodes)
 
 
 def pairs(values: tuple[str, ...], what: str, from_env: bool = False) -> dict[str, str]:

@@ -30,6 +30,15 @@ ssh_options = [
 ]
 
 
+def _is_multinode(name: str) -> bool:
+    from backends import get_backend
+
+    try:
+        return get_backend(name).multinode
+    except Exception:  # noqa: BLE001 - a backend whose SDK is missing here simply is not offered
+        return False
+
+
 def _with(options):
     def apply(func):
         for option in reversed(options):
@@ -63,7 +72,7 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
        heartbeat_sec, image, rebuild, build_context, build_args, gpu_ids, scratch, env, dry_run, detach, **params):
     """Run the speedrun on a backend: prepare the launch, preflight the machine, start `runner node run` detached,
     and stream its output until it ends. Ctrl-C detaches; the run goes on."""
-    from backends import get_backend
+    from backends import REGISTRY, get_backend
     from backends.base import RunSpec
 
     from ..plan import Plan
@@ -83,6 +92,10 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
             the_plan.run_id = run_id
     else:
         the_plan = make_plan(**params, run_id=run_id, on_this_machine=backend_name == "here")
+    if the_plan.nodes > 1 and not backend.multinode:
+        multi = ", ".join(name for name in REGISTRY if name != backend_name and _is_multinode(name))
+        raise click.UsageError(f"--backend {backend_name} runs one node; this plan has {the_plan.nodes} (--nodes)."
+                               + (f" Several nodes run on: {multi}." if multi else ""))
     spec = RunSpec(
         plan=the_plan, storage=storage, storage_options=list(storage_options),
         offline=offline, force=force, fresh=fresh, from_phase=from_phase, only_phase=only_phase, heartbeat_sec=heartbeat_sec,

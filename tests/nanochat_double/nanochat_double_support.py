@@ -218,9 +218,33 @@ class Ctx:
 
     def compute_init(self, requested=""):
         device = self.device_type(requested)
+        if self.ddp and device == "cuda":
+            self.join_process_group()
         if self.master:
             self.log("nanochat.common", f"Distributed world size: {self.world_size}")
         return device
+
+    def join_process_group(self):
+        """nanochat starts one NCCL process group over every rank of every node; the double starts it with gloo (its
+        ranks run on CPU) at torchrun's MASTER_ADDR/MASTER_PORT and proves it with one all-reduce: each rank adds 1,
+        so every rank must read the world size back."""
+        if getattr(self, "_group", False):
+            return
+        import atexit
+        import datetime as dt
+
+        import torch
+        import torch.distributed as dist
+
+        timeout = dt.timedelta(seconds=env_float("NANOCHAT_DOUBLE_DIST_TIMEOUT_SEC", 120.0))
+        dist.init_process_group("gloo", timeout=timeout)
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        if int(total.item()) != self.world_size:
+            raise RuntimeError(f"[nanochat double] all-reduce summed {total.item()} over a world of {self.world_size}")
+        self.print0(f"[nanochat double] process group: all-reduce over {int(total.item())} ranks (gloo), world size {dist.get_world_size()}")
+        atexit.register(dist.destroy_process_group)
+        self._group = True
 
     def compute_dtype_line(self):
         """latest's nanochat.common picks the dtype at import; a bad NANOCHAT_DTYPE is a KeyError there."""

@@ -65,11 +65,14 @@ if resuming:
             raise RuntimeError(f"PytorchStreamReader failed reading zip archive: failed finding central directory ({pt})")
     with open(IO.require(os.path.join(ckpt_dir, f"meta_{step_tag}.json")), encoding="utf-8") as f:
         meta = json.load(f)
-    saved = [n for n in os.listdir(ckpt_dir) if n.startswith(f"optim_{step_tag}_rank") and n.endswith(".pt")]
-    if len(saved) != ctx.world_size:
-        # optimizer state is sharded per rank: resuming needs the same number of processes
-        raise RuntimeError(f"[nanochat double] {ckpt_dir} holds {len(saved)} optimizer shards for step "
-                           f"{a.resume_from_step} but WORLD_SIZE is {ctx.world_size}")
+    # optimizer state is sharded per rank: resuming needs the same number of processes (on several nodes each node
+    # holds only its own ranks' shards, so the shard says which world wrote it)
+    import pickle
+    with zipfile.ZipFile(os.path.join(ckpt_dir, f"optim_{step_tag}_rank{ctx.rank}.pt")) as zf:
+        saved_world = pickle.loads(zf.read(f"optim_{step_tag}_rank{ctx.rank}/data.pkl")).get("world_size")
+    if saved_world != ctx.world_size:
+        raise RuntimeError(f"[nanochat double] the optimizer shards of step {a.resume_from_step} in {ckpt_dir} were "
+                           f"written by {saved_world} processes but WORLD_SIZE is {ctx.world_size}")
     old = meta.get("model_config", {})
     if any(old.get(k) != cfg[k] for k in ("n_layer", "n_embd", "vocab_size")):
         raise RuntimeError(f"Error(s) in loading state_dict for GPT: size mismatch (checkpoint {old}, model {cfg})")

@@ -1,0 +1,152 @@
+"""Several nodes: two node agents on 127.0.0.1 (node rank 0 and 1, one "GPU" each; the double's ranks join one gloo
+process group) meet only through storage, a local folder or the real S3 server, and train as one world of 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import REPO, base_env, make_double, pid_alive, preseed_files, read_calls, runner, seed_s3
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (tests/run.sh installs the CPU wheel where there is one)")
+THROUGH_BASE = ("data", "tokenizer", "base")
+NODE_TIMEOUT_SEC = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_node_plan(tmp_path: Path, iterations: int = 20, save_every: int = 10, base_steps: tuple[str, ...] = ()) -> Path:
+    """The smoke plan for 2 nodes × 1 GPU, through base training (only `base_steps` of it, when given)."""
+    result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path))
+    assert result.code == 0, result.output
+    plan = json.loads(result.output)
+    plan["phases"] = [p for p in plan["phases"] if p["name"] in THROUGH_BASE]
+    if base_steps:
+        plan["phases"][-1]["steps"] = [s for s in plan["phases"][-1]["steps"] if s["name"] in base_steps]
+    for step in plan["phases"][-1]["steps"]:
+        if step["name"] == "base_train":
+            step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))]
+            step["args"] += [f"--num_iterations={iterations}", f"--save_every={save_every}"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def start_agent(tmp_path: Path, plan: Path, storage: str, rank: int, port: int, launch: str, env: dict, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "runner.cli", "node", "run", "--plan", str(plan), "--storage", storage, "--run-id", "multi",
+            "--nanochat-dir", str(tmp_path / "nanochat-seed"), "--python", sys.executable, "--scratch", str(tmp_path / f"node{rank}"),
+            "--nnodes", "2", "--node-rank", str(rank), "--master", f"127.0.0.1:{port}", "--launch-id", launch, *extra]
+    log = (tmp_path / f"{launch}-node{rank}.log").open("w")
+    return subprocess.Popen(args, env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_launch(tmp_path, plan, storage, launch, env, *extra) -> list[str]:
+    port = free_port()
+    agents = [start_agent(tmp_path, plan, storage, rank, port, launch, env, *extra) for rank in (0, 1)]
+    try:
+        codes = [agent.wait(timeout=NODE_TIMEOUT_SEC) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    logs = [(tmp_path / f"{launch}-node{rank}.log").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], "\n\n".join(logs)
+    return logs
+
+
+def manifest(read, step: int) -> dict:
+    return json.loads(read(f"base_checkpoints/d4/manifest_{step:06d}.json"))
+
+
+def check_one_world_of_two(tmp_path, logs, read) -> None:
+    leader, follower = logs
+    assert "all-reduce over 2 ranks (gloo), world size 2" in leader  # both nodes' ranks in one process group
+    assert "--nnodes=2 --node_rank=0 --nproc_per_node=1 --master_addr=127.0.0.1" in leader
+    assert "--nnodes=2 --node_rank=1 --nproc_per_node=1 --master_addr=127.0.0.1" in follower
+    train = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train"]
+    assert {(c["rank"], c["world_size"]) for c in train} == {(0, 2), (1, 2)}
+    sealed = manifest(read, 20)
+    assert sealed["processes"] == 2
+    assert {"model_000020.pt", "meta_000020.json", "optim_000020_rank0.pt", "optim_000020_rank1.pt"} == set(sealed["files"])
+    # each node trained on its own scratch: rank 1's shard was written on node 1 only
+    assert (tmp_path / "node1/base/base_checkpoints/d4/optim_000020_rank1.pt").is_file()
+    assert not (tmp_path / "node0/base/base_checkpoints/d4/optim_000020_rank1.pt").exists()
+
+
+def test_two_nodes_train_as_one_world_then_resume_after_both_are_killed(tmp_path):
+    storage, env = tmp_path / "storage", base_env(tmp_path, {"NANOCHAT_DOUBLE_STEP_SEC": "0.4"})
+    make_double(tmp_path)
+    preseed_files(storage)
+    plan = two_node_plan(tmp_path, base_steps=("base_train",))  # the evaluations run in the S3 test
+
+    # First launch: killed (both agents, SIGKILL) once base training has sealed its step-10 checkpoint.
+    port = free_port()
+    agents = [start_agent(tmp_path, plan, str(storage), rank, port, "first", env) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + NODE_TIMEOUT_SEC
+        while not (storage / "base_checkpoints/d4/manifest_000010.json").exists():
+            assert time.monotonic() < deadline and all(a.poll() is None for a in agents), (tmp_path / "first-node0.log").read_text()
+            time.sleep(0.2)
+    finally:
+        for agent in agents:
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+    assert manifest(lambda rel: (storage / rel).read_text(), 10)["processes"] == 2
+    deadline = time.monotonic() + 30  # the trainers die with their agents
+    while any(pid_alive(c["pid"]) for c in read_calls(tmp_path / "calls.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    logs = run_launch(tmp_path, plan, str(storage), "second", base_env(tmp_path))
+    check_one_world_of_two(tmp_path, logs, lambda rel: (storage / rel).read_text())
+    assert "base_train: resuming from step 10" in logs[0]
+    resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and "--resume_from_step=10" in c["argv"]]
+    assert sorted(c["rank"] for c in resumed) == [0, 1]
+    assert "resuming from step 10 with this node's shards (ranks 1-1)" in logs[1]
+    marker_dir = storage / "_runner/markers/base"
+    assert len(list(marker_dir.glob("*.json"))) == 1
+
+
+def test_two_nodes_meet_through_s3(s3_bucket, tmp_path):
+    import fsspec
+
+    seed_s3(s3_bucket.url, s3_bucket.storage_options, tmp_path)
+    make_double(tmp_path)
+    plan = two_node_plan(tmp_path)
+    logs = run_launch(tmp_path, plan, s3_bucket.url, "s3", base_env(tmp_path, s3_bucket.env))
+    fs = fsspec.filesystem("s3", **s3_bucket.storage_options)
+    check_one_world_of_two(tmp_path, logs, lambda rel: fs.cat(f"{s3_bucket.url[5:]}/{rel}").decode())
+    status = json.loads(fs.cat(f"{s3_bucket.url[5:]}/_runner/runs/multi/status.json"))
+    assert status["state"] == "succeeded"
+
+
+def test_a_follower_without_a_leader_stops_within_its_bound(tmp_path):
+    storage = tmp_path / "storage"
+    make_double(tmp_path)
+    preseed_files(storage)
+    plan = two_node_plan(tmp_path)
+    started = time.monotonic()
+    follower = start_agent(tmp_path, plan, str(storage), 1, free_port(), "alone", base_env(tmp_path), "--leader-wait-sec", "3")
+    code = follower.wait(timeout=60)
+    output = (tmp_path / "alone-node1.log").read_text()
+    assert code == 7, output
+    assert time.monotonic() - started < 30
+    assert "No leader (node rank 0) of launch alone appeared in storage within 3 s" in output and "Traceback" not in output
+
+
+def test_a_node_count_other_than_the_plans_is_refused(tmp_path):
+    plan = two_node_plan(tmp_path)
+    result = runner(["node", "run", "--plan", str(plan), "--storage", str(tmp_path / "s"), "--run-id", "multi"], base_env(tmp_path))
+    assert result.code != 0 and "This plan is for 2 node(s), but this agent was started as one of 1." in result.output
