@@ -31,7 +31,7 @@ def submit_env(tmp_path: Path, cluster, **extra) -> dict:
 
 def two_node_plan(tmp_path: Path) -> Path:
     """The smoke plan for 2 nodes × 1 GPU through base training (base_train only: 20 steps, a checkpoint every 10)."""
-    result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--run-id", "two", "--json"], base_env(tmp_path))
+    result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path))
     assert result.code == 0, result.output
     plan = json.loads(result.output)
     plan["phases"] = [p for p in plan["phases"] if p["name"] in ("data", "tokenizer", "base")]
