@@ -55,6 +55,8 @@ MAX_RETRIES_PER_CALL = 10  # Modal's limit on one call's retries; a longer budge
 POLL_SEC = 60.0
 HANDOVER_AFTER_SEC = DAY_SEC - 3600  # the driver passes the run on an hour before its own cap
 ATTEMPTS_DICT = "nanochat-runner-attempts"
+CLUSTER_SIZES = (2, 4)  # several nodes: gpu_phase_x<N>, N containers of the GPU stage in one Modal cluster
+MASTER_PORT = 29500
 
 
 def render_dockerfile(text: str, build_args: dict[str, str]) -> str:
@@ -115,6 +117,18 @@ def gpu_phase(job: dict) -> dict:
     return run_stage(job, call_id=modal.current_function_call_id())
 
 
+@app.function(**stage_defaults, ephemeral_disk=DISK_MIB, gpu=GPU_DEFAULT, **GPU_RESOURCES_8)
+@modal.clustered(size=2)
+def gpu_phase_x2(job: dict) -> dict:
+    return run_cluster_stage(job, modal.experimental.get_cluster_info(), modal.current_function_call_id())
+
+
+@app.function(**stage_defaults, ephemeral_disk=DISK_MIB, gpu=GPU_DEFAULT, **GPU_RESOURCES_8)
+@modal.clustered(size=4)
+def gpu_phase_x4(job: dict) -> dict:
+    return run_cluster_stage(job, modal.experimental.get_cluster_info(), modal.current_function_call_id())
+
+
 @app.function(**stage_defaults, ephemeral_disk=REPORT_DISK_MIB, **REPORT_RESOURCES)
 def report(job: dict) -> dict:
     return run_stage(job, call_id=modal.current_function_call_id())
@@ -125,7 +139,7 @@ def report(job: dict) -> dict:
 def driver(run: dict, state: dict | None = None) -> dict:
     """The run: each stage in order (see `Driver`); near its own 24 h cap it hands over to a fresh
     call of itself, passing the stage call in flight, and returns that call's id."""
-    stages = {"prep": prep, "gpu_phase": gpu_phase, "report": report}
+    stages = {"prep": prep, "gpu_phase": gpu_phase, "gpu_phase_x2": gpu_phase_x2, "gpu_phase_x4": gpu_phase_x4, "report": report}
     return Driver(run, stages, modal.FunctionCall.from_id, driver.spawn).drive(state)
 
 
@@ -246,6 +260,20 @@ def run_stage(job: dict, call_id: str | None = None, attempts=None, volume_facto
         raise SegmentEnded(f"stage {job['stage']}: segment over (node exit {code}); the retry resumes from the newest checkpoint")
     say(f"stage {job['stage']}: node agent exited {code}")
     return {"stage": job["stage"], "exit_code": code, "attempt": attempt}
+
+
+def cluster_job(job: dict, info) -> dict:
+    """One container's job in a Modal cluster: both argv lists with this container's place among the nodes (its
+    rank, rank 0's address as torchrun's master, the cluster's id as the launch, new on every retry)."""
+    ips = list(getattr(info, "container_ipv4_ips", None) or info.container_ips)
+    place = ["--nnodes", str(len(ips)), "--node-rank", str(info.rank), "--master", f"{ips[0]}:{MASTER_PORT}", "--launch-id", info.cluster_id]
+    return {**job, "argv": [*job["argv"], *place], "continuing_argv": [*job["continuing_argv"], *place], "stage": f"{job['stage']} node {info.rank}"}
+
+
+def run_cluster_stage(job: dict, info, call_id: str | None, **kwargs) -> dict:
+    """A GPU stage on several nodes: every container runs the node agent; rank 0 (the leader) counts the attempts
+    (the others run the first-call argv: --force and the like only change what the leader selects)."""
+    return run_stage(cluster_job(job, info), call_id=call_id if info.rank == 0 else None, **kwargs)
 
 
 # -- the driver -------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def say(message: str) -> None:
 
 class ModalBackend(Backend):
     name = "modal"
+    multinode = True  # --nodes 2|4: the GPU stages run on a Modal cluster (modal_plan.check_cluster)
 
     def __init__(self):
         self.options = Options()

@@ -3,7 +3,8 @@ argv, the run's retry budget, and the app that serves it.
 
 A plan becomes a few calls of the deployed app (backends/modal_app.py): `prep` runs the CPU phases before the
 first GPU phase (data download, tokenizer; `hardware = "cpu"` in the recipe), then `gpu_phase` once per GPU phase with the plan's GPU type pinned (`H100!:8`) and CPU and
-memory sized for its ranks, then `report` on a small CPU container. Each stage runs `runner node run` on the plan
+memory sized for its ranks (on several nodes its clustered twin `gpu_phase_x<N>`: N containers, one per node, with
+S3 storage), then `report` on a small CPU container. Each stage runs `runner node run` on the plan
 cut after its last phase: earlier phases are skipped by their markers and the phase keys do not change.
 
 Timeouts come from the plan's estimate × MARGIN + OVERHEAD_SEC. A stage whose estimate does not fit Modal's 24 h
@@ -40,6 +41,7 @@ MEMORY_MIB_PER_RANK, MEMORY_MIB_BASE = 16384, 8192
 PREP_RESOURCES = {"cpu": 8.0, "memory": 32768}  # = modal_app.PREP_RESOURCES
 REPORT_RESOURCES = {"cpu": 2.0, "memory": 8192}  # = modal_app.REPORT_RESOURCES
 APP_PREFIX = "nanochat-runner"
+CLUSTER_SIZES = (2, 4)  # = modal_app.CLUSTER_SIZES: clustered GPU stage functions the app deploys (gpu_phase_x<N>)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def stages(spec: RunSpec) -> list[Stage]:
     plan = spec.plan
     names = plan.phase_names()
     hours = {e.phase: e.hours for e in estimate_phases(plan)}
-    storage_url, _ = node_storage(spec.storage)
+    storage_url, volume = node_storage(spec.storage)
+    check_cluster(plan, volume)
     node = spec.node_command(storage=storage_url)
     out = []
     for function, phases in _groups(plan):
@@ -137,7 +140,8 @@ def stages(spec: RunSpec) -> list[Stage]:
                 ["Run it with more GPUs (--gpus 8) or a faster --gpu-type, or", "run this plan on another backend (`runner up --backend local`)."],
             )
         if function == "gpu_phase":
-            options = {"gpu": gpu_string(plan), **gpu_resources(plan.gpus)}
+            options = {"gpu": gpu_string(plan), **gpu_resources(plan.gpus)}  # per container; a cluster has plan.nodes
+            function = cluster_function(plan)
         else:
             options = dict(PREP_RESOURCES if function == "prep" else REPORT_RESOURCES)
         name = "prep" if function == "prep" else phases[0]
@@ -146,22 +150,44 @@ def stages(spec: RunSpec) -> list[Stage]:
     return out
 
 
+def cluster_function(plan) -> str:
+    """The app's GPU stage function: `gpu_phase` on one node, its clustered twin (`gpu_phase_x<N>`) on N."""
+    return "gpu_phase" if plan.nodes == 1 else f"gpu_phase_x{plan.nodes}"
+
+
+def check_cluster(plan, volume: str | None) -> None:
+    """Several nodes on Modal: a multi-node cluster of a size the app deploys, meeting through S3."""
+    if plan.nodes == 1:
+        return
+    if plan.nodes not in CLUSTER_SIZES:
+        raise BackendError(f"Modal clusters of {plan.nodes} nodes are not deployed by this runner's app.",
+                           [f"Use --nodes {' or '.join(map(str, CLUSTER_SIZES))} on Modal, or another backend for {plan.nodes} nodes."])
+    if volume is not None:
+        raise BackendError(f"{plan.nodes} nodes on Modal need S3 storage: the nodes of a cluster exchange records while they run, "
+                           "and a Modal Volume shows one container's writes to another only after commits and reloads.",
+                           ["Use --storage s3://BUCKET/PREFIX (with AWS_* set here), or --nodes 1 with the Volume."])
+
+
 def budget(found: list[Stage], spare: int = SPARE_RETRIES) -> int:
     """The run's one retry budget: the segments its long stages need, plus `spare` for lost machines."""
     return sum(s.calls - 1 for s in found) + spare
 
 
-def sub_plan(plan, last_phase: str) -> dict:
-    """The plan as JSON, cut after `last_phase` (the node agent then stops there)."""
+def sub_plan(plan, last_phase: str, one_node: bool = False) -> dict:
+    """The plan as JSON, cut after `last_phase` (the node agent then stops there). `one_node`: a CPU stage of a
+    several-node plan runs one agent (its phases run on one process; the earlier GPU phases are done by then)."""
     raw = plan.to_dict()
     raw["phases"] = raw["phases"][: plan.phase_names().index(last_phase) + 1]
+    if one_node:
+        raw["nodes"] = 1
     return raw
 
 
 def job(spec: RunSpec, stage: Stage, volume: str | None) -> dict:
     """What a stage function is called with (plain data): both argv lists, never options to parse back."""
     return {"stage": stage.name, "argv": stage.node.argv(), "continuing_argv": stage.node.continuing().argv(),
-            "plan_json": json.dumps(sub_plan(spec.plan, stage.phases[-1])), "volume": volume, "segment_s": stage.segment_s}
+            "plan_json": json.dumps(sub_plan(spec.plan, stage.phases[-1], one_node=not stage.function.startswith("gpu_phase"))),
+            "volume": volume, "segment_s": stage.segment_s}
 
 
 def image_settings(spec: RunSpec, context: str | None) -> dict:

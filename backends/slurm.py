@@ -99,6 +99,11 @@ class SlurmBackend(Backend):
     def configure(self, **options) -> None:
         """The `runner up` options of this backend (slurm_options.py)."""
         for key, value in options.items():
+            if key == "host" and isinstance(value, (tuple, list)):
+                if len(value) > 1:
+                    raise BackendError(f"--backend slurm submits on one login node; got {len(value)} --host options.",
+                                       ["Give one --host USER@LOGIN; the cluster places the nodes (--nodes N)."])
+                value = value[0] if value else None
             if value is not None and value != ():
                 setattr(self.options, key, value)
 

@@ -23,6 +23,7 @@ from .errors import RunnerError
 from .status import now_iso, run_dir
 
 POLL_SEC = 1.0
+EXIT_INTERRUPTED = 130
 HEARTBEAT_SEC = 5.0
 
 
@@ -180,6 +181,20 @@ class Crew:
                                          "resume_from": resumed_from})
         return self.index
 
+    def lead(self, run) -> int:
+        """Run the leader's `run()` between the first heartbeat and the end record the followers stop at."""
+        self.board.start_heartbeat()
+        code, state = 1, "failed"
+        try:
+            code = run()
+            state = "interrupted" if code == EXIT_INTERRUPTED else "succeeded"
+            return code
+        except BaseException as e:
+            code = getattr(e, "exit_code", 1)
+            raise
+        finally:
+            self.board.end(state, code)
+
     def wait(self, index: int, what: str, failed: bool = False) -> None:
         """Every other node's answer; when the step already failed here, a silent node is only reported."""
         try:
@@ -196,6 +211,23 @@ class Crew:
 
 def follower_log_hint(node: int) -> str:
     return f"logs/<phase>.node{node}.log in the run's folder"
+
+
+def check_nodes_match(plan, rendezvous) -> None:
+    """The plan's batch was derived for its world size: a node count other than the plan's would break it."""
+    if rendezvous.nnodes != plan.nodes:
+        from .errors import PlanError
+
+        raise PlanError(f"This plan is for {plan.nodes} node(s), but this agent was started as one of {rendezvous.nnodes}.",
+                        [f"Start {plan.nodes} node agent(s) (--nnodes {plan.nodes}), or make the plan with --nodes {rendezvous.nnodes}."])
+
+
+def crew_for(ctx, log=print):
+    """The leader's side of several nodes, or None on one node."""
+    rendezvous = ctx.options.rendezvous
+    if not rendezvous.multinode:
+        return None
+    return Crew(LaunchBoard(ctx.storage, ctx.run_id, rendezvous, ctx.options.leader_wait_sec, log=log), ctx.plan.gpus)
 
 
 def node_ranks(rendezvous, gpus_per_node: int) -> range:

@@ -18,12 +18,13 @@ from . import markers, preseed, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
 from .errors import PhaseFailed, PlanError, PreseedError
+from .multinode import check_nodes_match, crew_for
 from .nanochat_env import locate
 from .process import LogSink
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
-from .rendezvous import Rendezvous
 from .recipes import load_recipe
+from .rendezvous import Rendezvous
 from .resume import stage_newest_complete
 from .steps import StepRunner
 from .storage import open_storage
@@ -76,23 +77,6 @@ def run_node(plan, options: NodeOptions) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def check_nodes_match(plan, rendezvous: Rendezvous) -> None:
-    """The plan's batch was derived for its world size: a node count other than the plan's would break it."""
-    if rendezvous.nnodes != plan.nodes:
-        raise PlanError(f"This plan is for {plan.nodes} node(s), but this agent was started as one of {rendezvous.nnodes}.",
-                        [f"Start {plan.nodes} node agent(s) (--nnodes {plan.nodes}), or make the plan with --nodes {rendezvous.nnodes}."])
-
-
-def crew_for(ctx):
-    """The leader's side of several nodes (multinode.Crew), or None on one node."""
-    rendezvous = ctx.options.rendezvous
-    if not rendezvous.multinode:
-        return None
-    from .multinode import Crew, LaunchBoard
-
-    return Crew(LaunchBoard(ctx.storage, ctx.run_id, rendezvous, ctx.options.leader_wait_sec, log=say), ctx.plan.gpus)
-
-
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -117,7 +101,7 @@ class NodeAgent:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.ledger = RunLedger()
-        self.crew = crew_for(ctx)  # None on one node
+        self.crew = crew_for(ctx, say)  # None on one node
         self.steps = StepRunner(ctx, self.ledger, self.crew)
         self.keys = markers.phase_keys(ctx.plan)
 
@@ -291,19 +275,7 @@ class NodeAgent:
 
     def run(self) -> int:
         """The leader's run; on several nodes the other nodes follow the steps it announces until it ends the launch."""
-        if self.crew is None:
-            return self._run()
-        self.crew.board.start_heartbeat()
-        code, state = 1, "failed"
-        try:
-            code = self._run()
-            state = "interrupted" if code == EXIT_INTERRUPTED else "succeeded"
-            return code
-        except BaseException as e:
-            code = getattr(e, "exit_code", 1)
-            raise
-        finally:
-            self.crew.board.end(state, code)
+        return self.crew.lead(self._run) if self.crew else self._run()
 
     def _run(self) -> int:
         ctx = self.ctx

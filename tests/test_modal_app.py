@@ -94,7 +94,7 @@ def test_the_app_resolves_from_other_laptop_pythons_with_modal_alone(version):
         pytest.skip(f"no Python {version} with modal at {python}; make it with: {MAKE_PYTHONS}")
     out = _run_python(str(python), RESOLVE)
     assert out.returncode == 0, out.stderr
-    assert f"({version.replace('.', ', ')})" in out.stdout and "['driver', 'gpu_phase', 'prep', 'report']" in out.stdout
+    assert f"({version.replace('.', ', ')})" in out.stdout and "['driver', 'gpu_phase', 'gpu_phase_x2', 'gpu_phase_x4', 'prep', 'report']" in out.stdout
     assert "[('H100!', 8)]" in out.stdout
 
 
@@ -206,8 +206,59 @@ def test_modal_cli_deploys_and_runs_the_file_by_hand():
             "print(app.name, sorted(app.registered_functions), list(app.registered_entrypoints))")
     out = _run_python(python, code)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split(" ", 1)[1].strip() == "['driver', 'gpu_phase', 'prep', 'report'] ['main']"
+    assert out.stdout.split(" ", 1)[1].strip() == "['driver', 'gpu_phase', 'gpu_phase_x2', 'gpu_phase_x4', 'prep', 'report'] ['main']"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     helped = subprocess.run([python, "-m", "modal", "run", str(REPO / "backends" / "modal_app.py"), "--help"], capture_output=True,
                             text=True, env=env, timeout=300, cwd=REPO.parent)
     assert helped.returncode == 0 and "--request" in helped.stdout, helped.stderr
+
+
+# -- several nodes: the GPU stages on a Modal cluster -------------------------------------------------------------
+
+
+def test_clustered_gpu_stages_are_the_gpu_stage_on_n_containers(app_module):
+    single = app_module.gpu_phase.info()
+    for size in app_module.CLUSTER_SIZES:
+        info = getattr(app_module, f"gpu_phase_x{size}").info()
+        assert info.cluster_info.size == size and single.cluster_info is None
+        assert (info.gpus, info.cpu, info.memory_mib, info.ephemeral_disk_mib) == (single.gpus, single.cpu, single.memory_mib, single.ephemeral_disk_mib)
+        assert not _impl(getattr(app_module, f"gpu_phase_x{size}"))._source_info.is_serialized()
+    assert app_module.CLUSTER_SIZES == modal_plan.CLUSTER_SIZES
+
+
+def test_each_container_of_a_cluster_gets_its_place_and_only_rank_0_counts_attempts(app_module, fake_runner, monkeypatch):
+    from modal._cluster import ClusterContext  # the SDK's own type of get_cluster_info()
+
+    monkeypatch.setenv("EXIT", "0")
+    job = {**JOB, "volume": None, "segment_s": 0}
+    attempts = Attempts()
+    for rank in (1, 0):
+        info = ClusterContext(rank=rank, cluster_id="cl-7", container_ips=["fd00::1", "fd00::2"], container_ipv4_ips=["10.1.0.1", "10.1.0.2"], fabric_ids=[])
+        result = app_module.run_cluster_stage(job, info, "fc-9", attempts=attempts)
+        assert result["exit_code"] == 0 and result["stage"] == f"base node {rank}"
+        assert fake_runner.read_text().splitlines()[-1].endswith(f"--from base --nnodes 2 --node-rank {rank} --master 10.1.0.1:29500 --launch-id cl-7")
+    assert attempts == {"fc-9": 1}  # the follower's start did not count as an attempt of the call
+
+
+def test_a_two_node_run_on_modal_uses_the_clustered_stage_and_s3(app_module, tmp_path):
+    import json
+
+    from backends.base import BackendError, RunSpec
+    from backends.modal_backend import ModalBackend
+    from runner.plan import build_plan
+
+    backend = ModalBackend()
+    backend.configure(save_request=str(tmp_path / "run.json"))
+    backend.prepare(RunSpec(plan=build_plan("seed", "d20", gpus=8, nodes=2, run_id="r2"), storage="s3://bucket/runs"))
+    run = json.loads((tmp_path / "run.json").read_text())
+    functions = {s["name"]: s["function"] for s in run["stages"]}
+    assert functions["prep"] == "prep" and functions["base"] == functions["sft"] == "gpu_phase_x2" and functions["report"] == "report"
+    nodes = {s["name"]: json.loads(s["job"]["plan_json"])["nodes"] for s in run["stages"]}
+    assert nodes["base"] == 2 and nodes["prep"] == nodes["report"] == 1  # a CPU stage is one agent
+    driver = app_module.Driver({**run, "env": {}}, {}, None, None)
+    for stage in run["stages"]:  # every stage's options through the real with_options of its function
+        _impl(getattr(app_module, stage["function"]).with_options(**driver.options(stage, 2)))
+    with pytest.raises(BackendError, match="need S3 storage"):
+        ModalBackend().prepare(RunSpec(plan=build_plan("seed", "d20", gpus=8, nodes=2, run_id="r3"), storage="modal://vol/runs"))
+    with pytest.raises(BackendError, match="clusters of 8 nodes are not deployed"):
+        ModalBackend().prepare(RunSpec(plan=build_plan("seed", "d20", gpus=8, nodes=8, run_id="r4"), storage="s3://bucket/runs"))

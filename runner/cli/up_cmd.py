@@ -18,11 +18,15 @@ from backends.slurm_options import SLURM_KEYS, slurm_options
 from .options import make_plan, node_options, pairs, plan_options, storage_option
 from .watch import follow_run, say
 
-SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse")
+SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse", "master_port")
 BACKEND_OPTIONS = {"ssh": SSH_KEYS, "modal": MODAL_KEYS, "slurm": SLURM_KEYS}  # options of some backends only; the chosen one gets them in configure()
 
 ssh_options = [
-    click.option("--host", default=None, metavar="USER@HOST[:PORT]", help="ssh backend: the GPU host to log in to (slurm: the login node to submit on)."),
+    click.option("--host", multiple=True, metavar="USER@HOST[:PORT]",
+                 help="ssh backend: the GPU host to log in to; repeat it for several nodes (--nodes N), the first one the leader. "
+                      "slurm backend: the login node to submit on."),
+    click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+                 help="ssh backend, several hosts: torchrun's rendezvous port on the first host (default 29500)."),
     click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
     click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved)."),
     click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto)."),
