@@ -79,6 +79,11 @@ def test_the_dry_run_prints_the_one_sbatch_script(tmp_path):
     assert "--gpus-per-node" not in pyxis.stdout and "#SBATCH --no-requeue" in pyxis.stdout  # --node-gpus: Slurm tracks none
     no_image = up(env, "--smoke", "--container", "apptainer", "--storage", "/shared/run", "--dry-run")
     assert no_image.returncode == 1 and "--container apptainer needs the image" in no_image.stderr
+    login = up(env, "--smoke", "--node-gpus", "1", "--host", "alice@login.example:2222", "--storage", "/shared/run", "--dry-run")
+    assert login.returncode == 0, login.stderr
+    assert "sbatch on alice@login.example:2222" in login.stdout and "handle: slurm://alice@login.example:2222/JOBID" in login.stdout
+    relative = up(env, "--smoke", "--host", "alice@login.example", "--storage", "runs/x", "--dry-run")
+    assert relative.returncode == 1 and "must be an absolute path on the cluster's shared filesystem" in relative.stderr
     wrong = up(env, "--smoke", "--mode", "bare", "--dry-run")
     assert wrong.returncode == 2 and "--mode: option(s) of --backend ssh" in wrong.stderr
 

@@ -84,7 +84,8 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
     from ..plan import Plan
 
     backend = get_backend(backend_name)
-    values = {key: params.pop(key, None) for keys in BACKEND_OPTIONS.values() for key in keys}  # a key may serve several
+    names = dict.fromkeys(key for keys in BACKEND_OPTIONS.values() for key in keys)  # a key may serve several backends
+    values = {key: params.pop(key, None) for key in names}
     own = BACKEND_OPTIONS.get(backend_name, ())
     if own:
         backend.configure(**{key: values[key] for key in own})
