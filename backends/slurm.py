@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -66,7 +67,7 @@ class LocalHost(LocalShell):
     target = "this machine"
 
     def upload(self, files: dict[str, Path], remote_dir: str, timeout: float = 3600) -> None:
-        folder = subprocess.run(["bash", "-c", f"echo {remote_dir}"], capture_output=True, text=True).stdout.strip()
+        folder = os.path.expandvars(remote_dir)
         Path(folder).mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(["tar", "-xf", "-", "-C", folder], stdin=subprocess.PIPE)
         for chunk in tar_stream(files):

@@ -18,6 +18,7 @@ from .base import BackendError, RunInfo, State, state_from_exit
 from .detached import parse_lines, q
 
 SUBMIT_DIR = "$HOME/.nanochat-runner/slurm"
+UNANSWERED_LIMIT_SEC = 180  # following stops when the controller stays silent this long (the job may go on)
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "RESIZING"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -106,11 +107,13 @@ def logs_command(job_id: str, follow: bool, tail: int | None) -> str:
     if not follow:
         return f'[[ -f "{f}" ]] && {first} "{f}"; true'
     return "\n".join([
-        f'f="{f}"; id={q(job_id)}; off=0',
+        f'f="{f}"; id={q(job_id)}; off=0; unanswered=0',
         f'if [[ -f $f ]]; then {first} "$f"; off=$(stat -c %s "$f"); fi',
         "while :; do",
         '  st=$(squeue -h -j "$id" -o %T 2>&1); rc=$?',
         '  ended=0; { [[ $rc == 0 && -z $st ]] || [[ $st == *"Invalid job id"* ]]; } && ended=1',
+        '  if [[ $rc != 0 && $ended == 0 ]]; then unanswered=$((unanswered + 1)); else unanswered=0; fi',
+        f'  if (( unanswered >= {UNANSWERED_LIMIT_SEC} )); then echo "[runner] Slurm has not answered squeue for {UNANSWERED_LIMIT_SEC} s: stopped following job $id ($st)"; exit 1; fi',
         '  if [[ -f $f ]]; then size=$(stat -c %s "$f"); if (( size > off )); then tail -c +$((off + 1)) "$f" | head -c $((size - off)); off=$size; fi; fi',
         "  (( ended )) && break",
         "  sleep 1",

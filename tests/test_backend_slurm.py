@@ -145,7 +145,7 @@ def test_two_nodes_train_as_one_world_and_a_rerun_after_scancel_resumes_on_two_n
 
     second_handle = next(line.split("started run two: ")[1] for line in out.splitlines() if "started run two: " in line)
     listed = cli(env, "status", "--backend", "slurm")
-    assert f"succeeded  0" in listed.stdout and second_handle in listed.stdout, listed.stdout + listed.stderr
+    assert "succeeded  0" in listed.stdout and second_handle in listed.stdout, listed.stdout + listed.stderr
     logs = cli(env, "logs", second_handle)
     assert "[slurm] job" in logs.stdout and "[slurm] node agents exited with 0" in logs.stdout
     removed = cli(env, "down", second_handle)
