@@ -93,7 +93,7 @@ def _directives(job: SlurmJob) -> list[str]:
 def _container_flags(job: SlurmJob) -> tuple[list[str], list[str]]:
     """(srun flags, the command's prefix) that put the node agent in the image."""
     if job.container == "pyxis":
-        flags = [f"--container-image={job.image}", "--no-container-entrypoint"]
+        flags = [f"--container-image={job.image}"]  # Pyxis runs the command given, not the image's entrypoint
         flags += [f"--container-mounts={','.join(f'{m}:{m}' for m in job.mounts)}"] if job.mounts else []
         return flags, []
     if job.container == "apptainer":
