@@ -151,3 +151,25 @@ def test_two_nodes_train_as_one_world_and_a_rerun_after_scancel_resumes_on_two_n
     removed = cli(env, "down", second_handle)
     assert removed.returncode == 0 and f"removed {second_handle}" in removed.stdout, removed.stderr
     assert not list((tmp_path / "home/.nanochat-runner/slurm").glob(f"{second_handle.removeprefix('slurm://')}.*"))
+
+
+def test_bare_mode_installs_the_runner_once_into_the_shared_home_and_rehearses_on_a_node(tmp_path, slurm_cluster, ssh_install_inputs):
+    # No --runner-bin: the runner and nanochat (the double, uploaded with --nanochat-src) are installed offline from
+    # the wheelhouse into the submit host's ~/.nanochat-runner, which the nodes share; the CPU rehearsal runs there.
+    nanochat_src, wheelhouse = ssh_install_inputs
+    preseed_files(tmp_path / "storage")
+    env = base_env(tmp_path, {**slurm_cluster.env(), "HOME": str(tmp_path / "home")})
+    for name in ("PYTHONPATH", "RUNNER_SCRATCH"):  # the nodes use what was installed, nothing of this checkout
+        env.pop(name)
+    args = ("--smoke", "--device", "cpu", "--nanochat-src", str(nanochat_src), "--wheelhouse", str(wheelhouse),
+            "--storage", str(tmp_path / "storage"), "--scratch", str(tmp_path / "scratch"))
+    first = up(env, *args, "--run-id", "bare")
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-4000:]
+    assert f"into {tmp_path}/home/.nanochat-runner (offline, from the uploaded wheelhouse)" in out
+    assert f"{tmp_path}/home/.nanochat-runner/runner/" in (tmp_path / "home/.nanochat-runner/slurm/nanochat-bare.sbatch").read_text()
+    assert "phase report: done" in out and "run bare: succeeded (exit 0)" in out
+    assert (tmp_path / "storage/report/report.md").is_file()
+    second = up(env, *args, "--run-id", "bare-2", "--detach")
+    assert second.returncode == 0 and "install: nothing to do" in second.stderr, second.stderr[-3000:]
+    assert cli(env, "down", second.stdout.strip(), "--grace", "5").returncode == 0
