@@ -65,6 +65,12 @@ class LaunchBoard:
 
     # -- the leader --------------------------------------------------------------------------------------------
 
+    def check_new(self) -> None:
+        """A launch id names one launch: records an earlier launch of that id left would mislead its followers."""
+        if self.storage.find(self.root):
+            raise NodesOutOfStep(f"Launch {self.rendezvous.launch_id} of this run has been started before ({self.storage.url_of(self.root)} exists).",
+                                 ["Start every node again with a new --launch-id (the same on every node): a timestamp, or the job id of the new job."])
+
     def start_heartbeat(self) -> None:
         """Beat in storage from a thread until `end`: followers wait while it moves."""
         self._beat()
@@ -183,6 +189,7 @@ class Crew:
 
     def lead(self, run) -> int:
         """Run the leader's `run()` between the first heartbeat and the end record the followers stop at."""
+        self.board.check_new()
         self.board.start_heartbeat()
         code, state = 1, "failed"
         try:

@@ -3,7 +3,8 @@
 `runner node run --nnodes N --node-rank R --master ADDR:PORT --launch-id ID` states it; where flags are absent the
 engine that started the agent states it: Slurm (`SLURM_NNODES`, `SLURM_NODEID`, `SLURM_JOB_ID`, with the master
 in `MASTER_ADDR`/`MASTER_PORT` as the batch script exports it), torchrun's elastic agent (`PET_NNODES`,
-`PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`, `PET_RDZV_ID`) or `RUNNER_LAUNCH_ID`. The launch id names one
+`PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`, `PET_RDZV_ID`) or `RUNNER_LAUNCH_ID`; a Slurm launch is
+`<job id>.<SLURM_RESTART_COUNT>`, so a requeued job is a new launch. The launch id names one
 start of the run (a Slurm job id, an SSH launch): followers wait for their own launch's leader, never for a marker a
 stale earlier launch left in storage. Node rank 0 is the leader.
 """
@@ -23,7 +24,15 @@ ENGINE_NNODES = ("SLURM_NNODES", "SLURM_JOB_NUM_NODES", "PET_NNODES")
 ENGINE_NODE_RANK = ("SLURM_NODEID", "PET_NODE_RANK")
 ENGINE_MASTER_ADDR = ("PET_MASTER_ADDR", "MASTER_ADDR")
 ENGINE_MASTER_PORT = ("PET_MASTER_PORT", "MASTER_PORT")
-ENGINE_LAUNCH_ID = ("RUNNER_LAUNCH_ID", "SLURM_JOB_ID", "PET_RDZV_ID")
+
+
+def engine_launch_id(env: dict) -> str | None:
+    """The engine's id of this launch. A requeued Slurm job keeps its job id, so its restart count is part of it."""
+    if env.get("RUNNER_LAUNCH_ID"):
+        return env["RUNNER_LAUNCH_ID"]
+    if env.get("SLURM_JOB_ID"):
+        return f"{env['SLURM_JOB_ID']}.{env.get('SLURM_RESTART_COUNT') or 0}"
+    return env.get("PET_RDZV_ID") or None
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ def resolve(nnodes: int | None = None, node_rank: int | None = None, master: str
     if not 0 <= node_rank < nnodes:
         raise PlanError(f"--node-rank {node_rank} is not a rank of {nnodes} node(s).", [f"Give a node rank from 0 to {nnodes - 1} (0: the leader)."])
     if nnodes == 1:
-        return Rendezvous(launch_id=launch_id or _first(env, ENGINE_LAUNCH_ID) or "")
+        return Rendezvous(launch_id=launch_id or engine_launch_id(env) or "")
     if master:
         addr, port = parse_master(master)
     else:
@@ -100,7 +109,7 @@ def resolve(nnodes: int | None = None, node_rank: int | None = None, master: str
         port = _int(_first(env, ENGINE_MASTER_PORT) or DEFAULT_MASTER_PORT, "--master port")
     if not addr:
         raise PlanError(f"{nnodes} nodes need the master's address.", ["Add --master ADDR:PORT (the node-rank-0 host and a free port), or export MASTER_ADDR and MASTER_PORT."])
-    launch_id = launch_id or _first(env, ENGINE_LAUNCH_ID) or ""
+    launch_id = launch_id or engine_launch_id(env) or ""
     if not launch_id or not set(launch_id) <= LAUNCH_ID_CHARS:
         raise PlanError(f"{nnodes} nodes need a launch id (letters, digits, '.', '-', '_'); got {launch_id!r}.",
                         ["Add --launch-id ID, the same on every node of this launch and new for each launch (a Slurm job id, a timestamp)."])

@@ -58,7 +58,7 @@ class StepRunner:
                                     processes=self.processes(step), ranks=self.crew.ranks if self.crew else None)
             if resume:
                 resumed_from = int(resume[0].split("=")[1])
-                status.append("resumes", {"phase": phase.name, "step": step.name, "from": resumed_from, "at": now_iso()})
+                status.append("resumes", {"phase": phase.name, "step": step.name, "from": resume[0].split("=")[1], "at": now_iso()})
             args += resume
         # Several nodes: the other nodes run this step with the same arguments, once the leader announces it.
         announced = self.crew.announce(phase, step, args, resumed_from) if self.crew and step.all_gpus else None

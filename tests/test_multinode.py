@@ -118,6 +118,11 @@ def test_two_nodes_train_as_one_world_then_resume_after_both_are_killed(tmp_path
     marker_dir = storage / "_runner/markers/base"
     assert len(list(marker_dir.glob("*.json"))) == 1
 
+    # A launch id names one launch: the leader refuses to start one again (its followers would read old records).
+    again = start_agent(tmp_path, plan, str(storage), 0, free_port(), "second", base_env(tmp_path))
+    assert again.wait(timeout=60) == 7
+    assert "Launch second of this run has been started before" in (tmp_path / "second-node0.log").read_text()
+
 
 def test_two_nodes_meet_through_s3(s3_bucket, tmp_path):
     import fsspec

@@ -60,7 +60,9 @@ def test_the_node_learns_its_place_from_flags_slurm_or_torchrun():
     flags = resolve(2, 1, "10.0.0.1:29400", "job-7", env={})
     assert (flags.nnodes, flags.node_rank, flags.master, flags.launch_id, flags.is_leader) == (2, 1, "10.0.0.1:29400", "job-7", False)
     slurm = resolve(env={"SLURM_NNODES": "4", "SLURM_NODEID": "3", "SLURM_JOB_ID": "123", "MASTER_ADDR": "n1", "MASTER_PORT": "29501"})
-    assert (slurm.nnodes, slurm.node_rank, slurm.master, slurm.launch_id) == (4, 3, "n1:29501", "123")
+    assert (slurm.nnodes, slurm.node_rank, slurm.master, slurm.launch_id) == (4, 3, "n1:29501", "123.0")
+    requeued = resolve(env={"SLURM_NNODES": "4", "SLURM_NODEID": "0", "SLURM_JOB_ID": "123", "SLURM_RESTART_COUNT": "2", "MASTER_ADDR": "n1"})
+    assert requeued.launch_id == "123.2"  # a requeued job is a new launch
     torchrun = resolve(env={"PET_NNODES": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "h0", "PET_MASTER_PORT": "1234", "RUNNER_LAUNCH_ID": "a"})
     assert (torchrun.master, torchrun.is_leader) == ("h0:1234", True)
     assert torchrun.torchrun_args(8) == ["--nnodes=2", "--node_rank=0", "--nproc_per_node=8", "--master_addr=h0", "--master_port=1234"]
