@@ -141,7 +141,7 @@ def render(job: SlurmJob) -> str:
         'export MASTER_ADDR=${MASTER_ADDR:-$first}',
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "# A requeued job keeps its id: the restart count makes each attempt its own launch.",
-        'export RUNNER_LAUNCH_ID="$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}"',
+        'export RUNNER_LAUNCH_ID="$SLURM_JOB_ID.${SLURM_RESTART_COUNT:-0}"',
         'echo "[slurm] job $SLURM_JOB_ID (attempt ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST; master $MASTER_ADDR:$MASTER_PORT"',
         "near_limit=0",
         f"on_time_limit() {{ near_limit=1; echo \"[slurm] time limit in {job.signal_before_sec} s: stopping the node agents (SIGTERM)\"; scancel --signal=TERM \"$SLURM_JOB_ID\"; }}",
