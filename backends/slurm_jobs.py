@@ -105,10 +105,10 @@ def logs_command(job_id: str, follow: bool, tail: int | None) -> str:
     f = output_path(job_id)
     first = f"tail -n {int(tail)}" if tail is not None else "cat"
     if not follow:
-        return f'[[ -f "{f}" ]] && {first} "{f}"; true'
+        return f'[[ -f "{f}" ]] && {first} < "{f}"; true'
     return "\n".join([
         f'f="{f}"; id={q(job_id)}; off=0; unanswered=0',
-        f'if [[ -f $f ]]; then {first} "$f"; off=$(stat -c %s "$f"); fi',
+        f'if [[ -f $f ]]; then off=$(stat -c %s "$f"); head -c "$off" "$f" | {first}; fi',  # what the file held then, once
         "while :; do",
         '  st=$(squeue -h -j "$id" -o %T 2>&1); rc=$?',
         '  ended=0; { [[ $rc == 0 && -z $st ]] || [[ $st == *"Invalid job id"* ]]; } && ended=1',

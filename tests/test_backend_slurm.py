@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ def submit_env(tmp_path: Path, cluster, **extra) -> dict:
 
 
 def two_node_plan(tmp_path: Path) -> Path:
-    """The smoke plan for 2 nodes × 1 GPU through base training (base_train only: 20 steps, a checkpoint every 10)."""
+    """The smoke plan for 2 nodes × 1 GPU through base training (base_train only: 40 steps, a checkpoint every 10)."""
     result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path))
     assert result.code == 0, result.output
     plan = json.loads(result.output)
@@ -38,7 +39,7 @@ def two_node_plan(tmp_path: Path) -> Path:
     base = plan["phases"][-1]
     base["steps"] = [s for s in base["steps"] if s["name"] == "base_train"]
     step = base["steps"][0]
-    step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))] + ["--num_iterations=20", "--save_every=10"]
+    step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))] + ["--num_iterations=40", "--save_every=10"]
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return path
@@ -135,13 +136,15 @@ def test_two_nodes_train_as_one_world_and_a_rerun_after_scancel_resumes_on_two_n
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert "all-reduce over 2 ranks (gloo), world size 2" in out  # both nodes' ranks in one process group
-    assert "--nnodes=2 --node_rank=0" in out and "--nnodes=2 --node_rank=1" in out and "base_train: resuming from step 10" in out
-    resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and "--resume_from_step=10" in c["argv"]]
+    assert "--nnodes=2 --node_rank=0" in out and "--nnodes=2 --node_rank=1" in out
+    step = int(re.search(r"base_train: resuming from step (\d+), the newest complete checkpoint", out).group(1))
+    assert 10 <= step < 40  # the newest checkpoint sealed before scancel, not the start
+    resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and f"--resume_from_step={step}" in c["argv"]]
     assert sorted((c["rank"], c["world_size"]) for c in resumed) == [(0, 2), (1, 2)]
-    sealed = json.loads((storage / "base_checkpoints/d4/manifest_000020.json").read_text())
-    assert sealed["processes"] == 2 and {"optim_000020_rank0.pt", "optim_000020_rank1.pt"} <= set(sealed["files"])
-    assert (tmp_path / "scratch/n2/base/base_checkpoints/d4/optim_000020_rank1.pt").is_file()  # each node its own scratch
-    assert not (tmp_path / "scratch/n1/base/base_checkpoints/d4/optim_000020_rank1.pt").exists()
+    sealed = json.loads((storage / "base_checkpoints/d4/manifest_000040.json").read_text())
+    assert sealed["processes"] == 2 and {"optim_000040_rank0.pt", "optim_000040_rank1.pt"} <= set(sealed["files"])
+    assert (tmp_path / "scratch/n2/base/base_checkpoints/d4/optim_000040_rank1.pt").is_file()  # each node its own scratch
+    assert not (tmp_path / "scratch/n1/base/base_checkpoints/d4/optim_000040_rank1.pt").exists()
 
     second_handle = next(line.split("started run two: ")[1] for line in out.splitlines() if "started run two: " in line)
     listed = cli(env, "status", "--backend", "slurm")
