@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from runner.context import RUN_ID_RE
 
 from . import slurm_jobs, slurm_preflight
-from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec
+from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
 from .detached import parse_lines, q
 from .here import LocalShell
 from .slurm_script import SlurmJob, parse_sbatch_args, parse_time, render
@@ -198,7 +198,7 @@ class SlurmBackend(Backend):
             raise PreflightError(f"Run id {spec.run_id!r} cannot name a Slurm job.", ["Use 1-128 letters, digits, '.', '-' and '_'."])
         self._log = log
         shell, where, job = self.shell(request.target), request.where, request.job
-        code, out = shell.script(slurm_preflight.facts_script(job.job_name), timeout=120)
+        _, out = shell.script(slurm_preflight.facts_script(job.job_name), timeout=120)  # judged by what it printed
         facts = slurm_preflight.parse_facts(out)
         if not facts.has_sbatch:
             raise PreflightError(f"sbatch is not on the PATH of {where}.",
@@ -273,6 +273,6 @@ class SlurmBackend(Backend):
         shell.script(slurm_jobs.cancel_script(job_id, grace_sec), timeout=grace_sec + 180)
         info = self.describe(handle)
         if not before.state.is_terminal() and info.state.is_terminal() and info.exit_code not in (0, 3):
-            info.state = type(info.state).CANCELLED
+            info.state = State.CANCELLED
         shell.script(slurm_jobs.remove_script(job_id), timeout=60)
         return info

@@ -1,7 +1,7 @@
 """The Slurm backend against a real Slurm cluster of two nodes on 127.0.0.1 (tests/infra/slurm.py): one sbatch
 script, one node agent per node through srun, the double's ranks of both nodes in one gloo process group, a job
-cancelled with scancel mid-training and a rerun that resumes on two nodes; preflight refusals from what sinfo and
-scontrol say. The cluster's GPUs are not tracked by Slurm (see tests/infra/slurm.py), so GPU plans name them with
+cancelled with scancel mid-training and a rerun that resumes on two nodes; bare mode's one-time install into the
+shared home; preflight refusals from what sinfo and scontrol say. The cluster's GPUs are not tracked by Slurm (see tests/infra/slurm.py), so GPU plans name them with
 --node-gpus 1; the double stands in for the CUDA ranks (gloo on CPU). Storage is a local folder both nodes see.
 """
 

@@ -27,11 +27,11 @@ ssh_options = [
                       "slurm backend: the login node to submit on."),
     click.option("--master-port", type=click.IntRange(1, 65535), default=None,
                  help="ssh backend, several hosts: torchrun's rendezvous port on the first host (default 29500)."),
-    click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
-    click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved)."),
+    click.option("--identity", default=None, metavar="KEY", help="ssh and slurm backends: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
+    click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh and slurm backends: trust a host key not yet in known_hosts (it is printed and saved)."),
     click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto)."),
-    click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: upload this nanochat checkout instead of cloning it on the host."),
-    click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
+    click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh and slurm backends, bare: upload this nanochat checkout instead of cloning it on the host."),
+    click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh and slurm backends, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
 ]
 
 
