@@ -85,7 +85,7 @@ def is_whole(path: Path) -> bool:
         return False
 
 
-def missing_parts(ckpt: LocalCheckpoint, nproc: int, optimizer: bool = True, share: "NodeShare | None" = None) -> list[str]:
+def missing_parts(ckpt: LocalCheckpoint, nproc: int, optimizer: bool = True, share: NodeShare | None = None) -> list[str]:
     """The files of this checkpoint that this node writes and does not have yet (one node: all of them)."""
     step = ckpt.step
     wanted = [f"model_{step:06d}.pt", f"meta_{step:06d}.json"] if share is None or share.leader else []

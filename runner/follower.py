@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .checkpoints import NodeShare, is_checkpoint_dir
 from .context import RunLedger, say
-from .errors import PlanError
+from .errors import PlanError, RunnerError
 from .multinode import LaunchBoard, follower_log, node_ranks
 from .process import LogSink
 from .publish import CheckpointPublisher
@@ -54,7 +54,12 @@ class Follower:
                     end = event["end"]
                     say(f"the leader ended launch {rendezvous.launch_id}: {end.get('state')} (exit code {end.get('exit_code')})")
                     return int(end.get("exit_code") or 0)
-                self.board.answer(index, self.follow(event))
+                try:
+                    code = self.follow(event)
+                except RunnerError as e:  # this node cannot take part: say so at once, so the leader need not wait out its bound
+                    self.board.answer(index, e.exit_code or 1, error=e.message.splitlines()[0])
+                    raise
+                self.board.answer(index, code)
                 index += 1
         except KeyboardInterrupt:
             say("interrupted: the current step was stopped; start this node again with the leader to continue")
@@ -110,5 +115,5 @@ class Follower:
             if resume_from is None:
                 drop_local(local, None)  # a fresh start: leftovers of a killed launch must not be loaded
             else:
-                stage_newest_complete(ctx.storage, step.checkpoints, local, ctx.state, log=say, ranks=self.ranks, step=resume_from)
+                stage_newest_complete(ctx.storage, step.checkpoints, local, ctx.state, log=say, ranks=self.ranks, at_step=resume_from)
                 say(f"{step.name}: resuming from step {resume_from} with this node's shards (ranks {self.ranks.start}-{self.ranks.stop - 1})")

@@ -148,8 +148,9 @@ class LaunchBoard:
         return NodesOutOfStep(f"The leader of launch {launch} stopped beating {self.wait_sec:.0f} s ago while this node waited for "
                               f"{waiting_for}.", ["Read node rank 0's log for why it stopped.", "Run the launch again: training resumes."])
 
-    def answer(self, index: int, exit_code: int) -> None:
-        self._write(self._done(index, self.rendezvous.node_rank), {"node": self.rendezvous.node_rank, "exit_code": exit_code, "at": now_iso()})
+    def answer(self, index: int, exit_code: int, error: str = "") -> None:
+        self._write(self._done(index, self.rendezvous.node_rank),
+                    {"node": self.rendezvous.node_rank, "exit_code": exit_code, "error": error, "at": now_iso()})
 
     # -- checkpoint parts --------------------------------------------------------------------------------------
 
@@ -213,7 +214,8 @@ class Crew:
             return
         for node, answer in sorted(answers.items()):
             if answer.get("exit_code"):
-                self.board.log(f"{what}: node {node} exited with code {answer['exit_code']} (its log: {follower_log_hint(node)})")
+                why = f": {answer['error']}" if answer.get("error") else ""
+                self.board.log(f"{what}: node {node} exited with code {answer['exit_code']}{why} (its log: {follower_log_hint(node)})")
 
 
 def follower_log_hint(node: int) -> str:

@@ -124,7 +124,9 @@ def build_plan(
     gpus = gpus if gpus is not None else (1 if smoke else 8)
     check_gpus(gpus)
     check_nodes(nodes)
-    check_device(device, smoke, gpus * nodes)
+    if device != "cuda" and nodes > 1:
+        raise PlanError(f"The {device.upper()} rehearsal runs on this machine alone, not on {nodes} nodes.", ["Drop --nodes, or plan for NVIDIA GPUs: --device cuda."])
+    check_device(device, smoke, gpus)
     world_size = gpus * nodes
     gpu = gpu_facts(gpu_type)
     shape = model_math.derive_shape(depth_value, recipe["model"], recipe["data"], gpu["memory_gib"])

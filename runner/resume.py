@@ -33,8 +33,8 @@ def report_incomplete(stored, rel: str, log=print) -> None:
 
 
 def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncState, log=print, stored=None, ranks=None,
-                          step: int | None = None) -> int | None:
-    """Pull only the newest complete checkpoint of `rel` (what nanochat will load), or the complete one at `step`;
+                          at_step: int | None = None) -> int | None:
+    """Pull only the newest complete checkpoint of `rel` (what nanochat will load), or the complete one at `at_step`;
     returns its step. `ranks`: the optimizer shards this node's processes load (several nodes; None: every shard).
 
     A folder without any manifest (made by hand, or by an older tool) is pulled whole, as it is.
@@ -43,10 +43,10 @@ def stage_newest_complete(storage: Storage, rel: str, local: Path, state: SyncSt
         stored = stored_checkpoints(storage, rel)
         report_incomplete(stored, rel, log)
     candidates = sorted(stored.complete.items(), reverse=True)
-    if step is not None:
-        candidates = [(s, m) for s, m in candidates if s == step]
+    if at_step is not None:
+        candidates = [(s, m) for s, m in candidates if s == at_step]
         if not candidates:
-            raise PlanError(f"Checkpoint step {step} of {storage.url_of(rel)} is not complete in storage.",
+            raise PlanError(f"Checkpoint step {at_step} of {storage.url_of(rel)} is not complete in storage.",
                             ["Run the launch again: the leader picks the newest complete checkpoint."])
     if not candidates:
         if not stored.incomplete:

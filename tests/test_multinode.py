@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harness import REPO, base_env, make_double, pid_alive, preseed_files, read_calls, runner, seed_s3
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (tests/run.sh installs the CPU wheel where there is one)")

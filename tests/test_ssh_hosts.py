@@ -59,3 +59,39 @@ def test_every_host_is_preflighted_before_anything_is_installed(ssh_host, ssh_in
     assert f"The host key of [localhost]:{ssh_host.port} is not in" in result.output
     assert "install:" not in result.output and "started run" not in result.output
     assert runner_home_listing(ssh_host) == before
+
+
+@pytest.mark.ssh
+def test_two_hosts_run_one_launch_under_one_handle(ssh_host, ssh_install_inputs, tmp_path):
+    """Two names of this machine as two hosts, a shared folder as storage, the 2-node smoke plan's CPU phases (the
+    GPU phases need torch on the host; test_multinode.py runs those with two local agents): both hosts start, the
+    follower meets the leader through storage and ends with it, and one handle reads and removes both."""
+    import json
+
+    from test_backend_ssh import host_folder, laptop_env, up_args
+    from tests.infra.sshd import free_port
+
+    plan = json.loads(runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path)).output)
+    plan["phases"] = [p for p in plan["phases"] if p["name"] in ("data", "tokenizer")]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    known = tmp_path / "known_hosts"  # the one server's key, trusted under both of its names
+    line = ssh_host.known_hosts.read_text().strip()
+    known.write_text(f"{line}\n{line.replace('[127.0.0.1]', '[localhost]', 1)}\n")
+    env = laptop_env(ssh_host, {"RUNNER_SSH_KNOWN_HOSTS": str(known)})
+    host_folder(ssh_host, "storage-two")
+    second = f"{ssh_host.user}@localhost:{ssh_host.port}"
+    args = up_args(ssh_host, ssh_install_inputs, "storage-two", "two-hosts", "--host", second, "--plan", str(tmp_path / "plan.json"),
+                   "--master-port", str(free_port()))
+    up = runner(args, env)
+    assert up.code == 0, up.output
+    group = f"ssh://{ssh_host.user}@127.0.0.1:{ssh_host.port}/two-hosts?identity={ssh_host.client_key}&node={second}"
+    assert f"started run two-hosts: {group}" in up.output and "run two-hosts: succeeded (exit 0)" in up.output
+    assert "this agent: node 0 of 2 (leader)" in up.output
+    follower_log = (ssh_host.home / ".nanochat-runner/runs/two-hosts.node1/output.log").read_text()
+    assert "node 1 of 2 (follower)" in follower_log and "the leader ended launch" in follower_log and "succeeded (exit code 0)" in follower_log
+    status = runner(["status", group], env)
+    assert "succeeded" in status.output and "node 0: succeeded" in status.output and "node 1: succeeded" in status.output, status.output
+    down = runner(["down", group], env)
+    assert down.code == 0, down.output
+    assert not (ssh_host.home / ".nanochat-runner/runs/two-hosts").exists()
+    assert not (ssh_host.home / ".nanochat-runner/runs/two-hosts.node1").exists()

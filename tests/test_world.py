@@ -7,6 +7,7 @@ import re
 
 import pytest
 from harness import base_env, runner
+
 from runner.errors import PlanError
 from runner.plan import build_plan
 from runner.rendezvous import resolve
@@ -83,3 +84,8 @@ def test_a_node_that_cannot_meet_the_others_is_refused(kwargs, message):
 def test_a_backend_of_one_node_refuses_several(tmp_path):
     result = runner(["up", "--backend", "local", "--nodes", "2", "--dry-run"], base_env(tmp_path))
     assert result.code == 2 and "--backend local runs one node; this plan has 2 (--nodes)" in result.output
+
+
+def test_the_rehearsal_is_one_machine():
+    with pytest.raises(PlanError, match="runs on this machine alone, not on 2 nodes"):
+        build_plan("seed", "smoke", nodes=2, device="cpu")
