@@ -95,7 +95,9 @@ def test_a_stale_lease_from_a_kill_9_is_taken_over_after_it_expires(tmp_path, wh
     # As if the killed agent had run on another machine: nobody here can tell that it is dead.
     record = json.loads(fs.cat(f"{root}/{LEASE}"))
     assert record["run_id"] == "first"
-    fs.pipe(f"{root}/{LEASE}", json.dumps({**record, "host": "another-node"}).encode())
+    # Its last renewal is moved to now, with 20 s to go, so that the next agent surely starts while it is fresh.
+    record.update(host="another-node", heartbeat_at=time.time(), expires_at=time.time() + 20)
+    fs.pipe(f"{root}/{LEASE}", json.dumps(record).encode())
 
     fresh, out = _start(tmp_path, where, "second", "--steal", plan=plan)
     assert _wait(fresh) == 7
