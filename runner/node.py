@@ -53,6 +53,7 @@ class NodeOptions:
     log_upload_sec: float = 15.0
     steal: bool = False  # take over the model's lease once it has expired
     steal_now: bool = False  # take it over even while its holder's heartbeat is fresh
+    lease_wait_sec: float = 0.0  # wait this long for a lease of this same run id to expire (a retry after preemption)
 
 
 def run_node(plan, options: NodeOptions) -> int:
