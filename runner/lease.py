@@ -136,20 +136,28 @@ class ModelLease:
 
     # -- taking it -------------------------------------------------------------------------------------------
 
-    def acquire(self, steal: bool = False, steal_now: bool = False) -> None:
-        """Take the lease, or raise LeaseHeld naming the holder and how to take over."""
-        for _ in range(3):  # a lost race re-reads and decides again
+    def acquire(self, steal: bool = False, steal_now: bool = False, wait_sec: float = 0.0) -> None:
+        """Take the lease, or raise LeaseHeld naming the holder and how to take over. With `wait_sec`, a lease of
+        this same run id that expires within that time is waited for (a backend's retry after a preemption)."""
+        races = 0
+        while races < 3:  # a lost race re-reads and decides again
             text, version = self.slot.read()
             holder = LeaseRecord.parse(text) if text is not None else None
             if text is not None and holder is None:
                 self.log(f"the lease {self.storage.url_of(self.rel)} is unreadable (torn write); taking it over")
             elif holder is not None and not self._may_take(holder, steal, steal_now):
+                left = holder.expires_at - time.time()
+                if holder.run_id == self.run_id and 0 < left <= wait_sec:
+                    self.log(f"waiting {left:.0f}s for the lease of {holder.describe()} to expire (its agent may have been preempted)")
+                    time.sleep(left + 0.5)
+                    wait_sec -= left + 0.5
+                    continue
                 raise self._held_error(holder, steal)
             try:
                 self._write(self._new_record(), version)
                 return
             except Conflict:
-                continue
+                races += 1
         text, _ = self.slot.read()
         holder = LeaseRecord.parse(text or "")
         raise self._held_error(holder, steal) if holder else LeaseHeld(
@@ -288,7 +296,8 @@ def hold_model_lease(ctx, log=print) -> ModelLease:
     returned lease as a context manager around the run. A follower of a multi-node run does not call this."""
     options = ctx.options
     lease = ModelLease(ctx.storage, ctx.plan.model_tag, ctx.run_id, options.heartbeat_sec, log=log)
-    lease.acquire(steal=getattr(options, "steal", False), steal_now=getattr(options, "steal_now", False))
+    lease.acquire(steal=getattr(options, "steal", False), steal_now=getattr(options, "steal_now", False),
+                  wait_sec=getattr(options, "lease_wait_sec", 0.0))
     ctx.storage = GuardedStorage(ctx.storage, lease)
     ctx.status.storage = ctx.storage
     return lease

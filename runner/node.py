@@ -55,6 +55,7 @@ class NodeOptions:
     log_upload_sec: float = 15.0
     steal: bool = False  # take over the model's lease once it has expired
     steal_now: bool = False  # take it over even while its holder's heartbeat is fresh
+    lease_wait_sec: float = 0.0  # wait this long for a lease of this same run id to expire (a retry after preemption)
     rendezvous: Rendezvous = field(default_factory=Rendezvous)  # this node among the run's nodes (one node: the default)
     leader_wait_sec: float = 1800.0  # how long a follower waits for the leader's "phase inputs ready"
 

@@ -82,7 +82,7 @@ class StatusFile:
         for name, info in previous.get("phases", {}).items():
             if name in self.data["phases"] and isinstance(info, dict) and isinstance(info.get("steps", {}), dict):
                 self.data["phases"][name] = {"steps": {}, **info}
-        self.data["metrics"] = previous.get("metrics", {})
+        self.data["metrics"] = previous["metrics"] if isinstance(previous.get("metrics"), dict) else {}
         self.data["started_at"] = previous.get("started_at", self.data["started_at"])
         try:
             self.data["attempts"] = int(previous.get("attempts", 1)) + 1

@@ -95,7 +95,9 @@ def test_a_stale_lease_from_a_kill_9_is_taken_over_after_it_expires(tmp_path, wh
     # As if the killed agent had run on another machine: nobody here can tell that it is dead.
     record = json.loads(fs.cat(f"{root}/{LEASE}"))
     assert record["run_id"] == "first"
-    fs.pipe(f"{root}/{LEASE}", json.dumps({**record, "host": "another-node"}).encode())
+    # Its last renewal is moved to now, with 20 s to go, so that the next agent surely starts while it is fresh.
+    record.update(host="another-node", heartbeat_at=time.time(), expires_at=time.time() + 20)
+    fs.pipe(f"{root}/{LEASE}", json.dumps(record).encode())
 
     fresh, out = _start(tmp_path, where, "second", "--steal", plan=plan)
     assert _wait(fresh) == 8
@@ -193,3 +195,21 @@ def test_on_a_filesystem_without_conditional_writes_the_read_back_lets_one_win(t
     other = next(lease for lease in leases if lease is not winner)
     other.acquire(steal_now=True)  # taken from the winner: its next renewal finds out
     assert not winner.renew() and "taken over by run" in str(winner.lost_error())
+
+
+def test_a_retry_of_the_same_run_may_wait_for_the_lease_to_expire(tmp_path):
+    storage = open_storage(str(tmp_path / "storage"))
+    holder = ModelLease(storage, "d4", "same", 1, log=lambda _: None)  # expires 5 s after its last renewal
+    holder.acquire()  # and is never renewed: its agent was preempted
+    said: list[str] = []
+    with pytest.raises(LeaseHeld, match="being written by run same"):
+        ModelLease(storage, "d4", "same", 1, log=said.append).acquire()  # without waiting: refused at once
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match="being written by run same"):
+        ModelLease(storage, "d4", "other", 1, log=said.append).acquire(wait_sec=30)  # another run never waits
+    assert time.monotonic() - started < 2
+    retry = ModelLease(storage, "d4", "same", 1, log=said.append)
+    retry.acquire(wait_sec=30)
+    assert 2 < time.monotonic() - started < 15
+    assert any(line.startswith("waiting ") and "run same" in line for line in said)
+    assert retry.record is not None and retry.record.token != holder.token

@@ -32,7 +32,7 @@ def node():
 @node_options
 @lease_options
 def run(plan_file, plan_json, storage, storage_options, nanochat_dir, python_exe, scratch, run_id, nnodes, node_rank, master, launch_id,
-        leader_wait_sec, offline, force, from_phase, only_phase, fresh, heartbeat_sec, steal, steal_now, **params):
+        leader_wait_sec, offline, force, from_phase, only_phase, fresh, heartbeat_sec, steal, steal_now, lease_wait_sec, **params):
     """Execute a plan on this machine: stage inputs from storage, run each phase, push outputs back."""
     from ..node import NodeOptions, run_node
     from ..plan import Plan
@@ -60,6 +60,7 @@ def run(plan_file, plan_json, storage, storage_options, nanochat_dir, python_exe
         heartbeat_sec=heartbeat_sec if heartbeat_sec is not None else 60.0,
         steal=steal,
         steal_now=steal_now,
+        lease_wait_sec=lease_wait_sec,
         rendezvous=rendezvous,
         **({"leader_wait_sec": leader_wait_sec} if leader_wait_sec is not None else {}),
     )

@@ -53,6 +53,8 @@ node_options = _stack(
 lease_options = _stack(
     click.option("--steal", is_flag=True, help="Take over this model's lease in storage from an agent whose heartbeat stopped (after its lease expired)."),
     click.option("--steal-now", is_flag=True, help="Take over the lease even while it is fresh: only when you know the agent holding it is gone."),
+    click.option("--lease-wait", "lease_wait_sec", type=click.FloatRange(min=0.0), default=0.0, metavar="SEC",
+                 help="Wait up to SEC for a lease held under this same run id to expire (a backend retrying after a preemption)."),
 )
 
 storage_option = click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
