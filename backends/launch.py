@@ -16,6 +16,9 @@ from typing import Mapping
 from runner.errors import RunnerError
 
 
+DEFAULT_HEARTBEAT_SEC = 60.0  # the node agent's --heartbeat-sec default
+
+
 class LaunchError(RunnerError):
     """The launch asked for cannot be described (GPU ids that do not match the plan, ...)."""
 
@@ -41,6 +44,7 @@ class NodeCommand:
     node_rank: int | None = None
     master: str | None = None  # ADDR:PORT of node rank 0's torchrun rendezvous
     launch_id: str | None = None
+    lease_wait_sec: float | None = None  # a retry: wait for the lost attempt's lease (same run id) to expire
 
     def argv(self) -> list[str]:
         """The runner's arguments (the program itself is the image's entrypoint or the host's `runner`)."""
@@ -60,11 +64,16 @@ class NodeCommand:
         argv += ["--node-rank", str(self.node_rank)] if self.node_rank is not None else []
         argv += ["--master", self.master] if self.master else []
         argv += ["--launch-id", self.launch_id] if self.launch_id else []
+        argv += ["--lease-wait", f"{self.lease_wait_sec:g}"] if self.lease_wait_sec else []
         return argv
 
     def continuing(self) -> "NodeCommand":
-        """What a retry or a later segment runs: no forcing, so finished phases skip and training resumes."""
-        return replace(self, force=False, fresh=False, from_phase=None, only_phase=None)
+        """What a retry or a later segment runs: no forcing, so finished phases skip and training resumes; and a
+        lost attempt (preempted, killed) may still hold the model's lease in storage, so it waits for that to expire."""
+        from runner.lease import EXPIRY_HEARTBEATS
+
+        lease_wait = (EXPIRY_HEARTBEATS + 1) * (self.heartbeat_sec or DEFAULT_HEARTBEAT_SEC)
+        return replace(self, force=False, fresh=False, from_phase=None, only_phase=None, lease_wait_sec=lease_wait)
 
     def with_(self, **changes) -> "NodeCommand":
         return replace(self, **changes)

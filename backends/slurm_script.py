@@ -105,10 +105,15 @@ def _container_flags(job: SlurmJob) -> tuple[list[str], list[str]]:
 def node_command_line(job: SlurmJob) -> str:
     """What each task runs: the node agent, with this node's place in the run from Slurm's variables."""
     program = ["runner"] if job.container != "none" else list(job.runner)
-    fixed = shlex.join([*program, *job.node.argv()])
     per_node = '--nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" --master "$MASTER_ADDR:$MASTER_PORT" --launch-id "$RUNNER_LAUNCH_ID"'
     scratch = f' --scratch {shlex.quote(job.scratch_per_node)}/"$SLURMD_NODENAME"' if job.scratch_per_node else ""
-    return f"exec {fixed}{scratch} {per_node}"
+
+    def agent(node) -> str:
+        return f"exec {shlex.join([*program, *node.argv()])}{scratch} {per_node}"
+
+    # A requeued job (preempted, or stopped before its time limit) must resume, not redo --force/--from/--only.
+    return (f'if [[ ${{SLURM_RESTART_COUNT:-0}} -gt 0 ]]; then {agent(job.node.continuing())}; '
+            f'else {agent(job.node)}; fi')
 
 
 def render(job: SlurmJob) -> str:

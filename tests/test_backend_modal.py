@@ -64,6 +64,10 @@ def test_force_from_only_become_per_stage_commands_and_retries_continue():
     only = stages(only_phase="sft", fresh=True)
     assert list(only) == ["sft"] and only["sft"].node.only_phase == "sft" and only["sft"].node.fresh
     assert "--fresh" not in only["sft"].node.continuing().argv()
+    # A retry follows a lost container whose lease in storage may still look fresh: it waits for it to expire
+    # (5 heartbeats of 60 s), where a first call would be refused at once by a live holder.
+    assert "--lease-wait" not in by_name["base"].node.argv()
+    assert by_name["base"].node.continuing().argv()[-2:] == ["--lease-wait", "300"]
     forced = stages(force=True)
     assert forced["prep"].node.from_phase == "data" and forced["mid"].node.from_phase == "mid" and not forced["mid"].node.force
 
