@@ -9,6 +9,7 @@ the run; the exit code says so. What one run reads and what it learns are the ob
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import signal
@@ -78,6 +79,11 @@ def run_node(plan, options: NodeOptions) -> int:
 
             return Follower(ctx).run()  # joins the leader's steps; writes no marker, status or manifest
         return NodeAgent(ctx).run()  # one node, or node rank 0 of several: the leader
+    except OSError as e:  # a disk that filled up anywhere (storage, scratch, the lease): the fix, not a traceback
+        full = disk_full_error("running the node agent", e)
+        if full is None:
+            raise
+        raise full from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -292,11 +298,11 @@ class NodeAgent:
 
     def _run(self) -> int:
         ctx = self.ctx
-        ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
         say(f"run {ctx.run_id}: {ctx.plan.model} ({ctx.plan.recipe}, nanochat {ctx.plan.commit[:7]}) on {ctx.plan.where()}; storage {ctx.storage.url}; scratch {ctx.scratch}")
         if ctx.options.rendezvous.multinode:
             say(f"this agent: {ctx.options.rendezvous.describe()}")
         try:
+            ctx.storage.write_text(f"{ctx.run_dir}/plan.json", json.dumps(ctx.plan.to_dict(), indent=2))
             selected = self.select()
             self.preseed(selected)
             for phase, steps, marker in selected:
@@ -309,7 +315,8 @@ class NodeAgent:
             full = disk_full_error(f"running phase {ctx.status.get('phase') or 'setup'}", e)
             if full is None:
                 raise
-            ctx.status.set(state="failed", error=str(e))
+            with contextlib.suppress(OSError):  # the status may live on the disk that is full
+                ctx.status.set(state="failed", error=str(e))
             raise full from None
         ctx.status.set(state="succeeded" if not self.ledger.eval_failures else "succeeded_with_eval_failures", phase=None, step=None, skipped=self.ledger.skipped)
         self.summary()
