@@ -155,6 +155,16 @@ def test_two_nodes_run_the_whole_smoke_plan_and_every_node_evaluates_what_its_ph
     status = json.loads((storage / "_runner/runs/multi/status.json").read_text())
     assert status["state"] == "succeeded", status.get("eval_failures")
 
+    # The evaluation fails on node 1 only: node 0 stops its part at once instead of waiting at torchrun's exit barrier.
+    port, started = free_port(), time.monotonic()
+    agents = [start_agent(tmp_path, plan, str(storage), rank, port, "evalfail", base_env(tmp_path, extra), "--only", "mid")
+              for rank, extra in ((0, {}), (1, {"NANOCHAT_DOUBLE_FAIL": "chat_eval:mid"}))]
+    codes = [agent.wait(timeout=NODE_TIMEOUT_SEC) for agent in agents]
+    leader = (tmp_path / "evalfail-node0.log").read_text()
+    assert codes == [3, 3], leader[-3000:]  # the run goes on past a failed evaluation, and says so
+    assert "mid/chat_eval_mid: stopped: mid/chat_eval_mid failed on another node (node 1 exited with code 1)" in leader
+    assert "still running, no output" not in leader and time.monotonic() - started < 120
+
 
 def test_a_follower_without_a_leader_stops_within_its_bound(tmp_path):
     storage = tmp_path / "storage"
