@@ -3,8 +3,9 @@
 For each step the leader announces it stages what the step reads into its own scratch (the phase's inputs, the
 newest complete checkpoint of what the phase makes so far: model and meta, and when the step resumes, this node's
 own ranks' optimizer shards of the leader's chosen step), runs the same command under the same torchrun
-rendezvous, uploads its own ranks' checkpoint files with a part record, and answers. It writes no marker, no
-status and no manifest (the leader's), and its log goes to `logs/<phase>.node<R>.log` in the run's folder.
+rendezvous (stopping its part at once when the leader's done record says the step failed there), uploads its own
+ranks' checkpoint files with a part record, and answers. It writes no marker, no status and no manifest (the
+leader's), and its log goes to `logs/<phase>.node<R>.log` in the run's folder.
 """
 
 from __future__ import annotations
