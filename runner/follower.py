@@ -3,8 +3,9 @@
 For each step the leader announces it stages what the step reads into its own scratch (the phase's inputs, the
 newest complete checkpoint of what the phase makes so far: model and meta, and when the step resumes, this node's
 own ranks' optimizer shards of the leader's chosen step), runs the same command under the same torchrun
-rendezvous, uploads its own ranks' checkpoint files with a part record, and answers. It writes no marker, no
-status and no manifest (the leader's), and its log goes to `logs/<phase>.node<R>.log` in the run's folder.
+rendezvous (stopping its part at once when the leader's done record says the step failed there), uploads its own
+ranks' checkpoint files with a part record, and answers. It writes no marker, no status and no manifest (the
+leader's), and its log goes to `logs/<phase>.node<R>.log` in the run's folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from .checkpoints import NodeShare, is_checkpoint_dir
 from .context import RunLedger, say
 from .errors import PlanError, RunnerError
-from .multinode import LaunchBoard, follower_log, node_ranks
+from .multinode import LaunchBoard, StepWatch, follower_log, node_ranks
 from .process import LogSink
 from .publish import CheckpointPublisher
 from .resume import drop_local, stage_newest_complete
@@ -55,7 +56,7 @@ class Follower:
                     say(f"the leader ended launch {rendezvous.launch_id}: {end.get('state')} (exit code {end.get('exit_code')})")
                     return int(end.get("exit_code") or 0)
                 try:
-                    code = self.follow(event)
+                    code = self.follow(event, index)
                 except RunnerError as e:  # this node cannot take part: say so at once, so the leader need not wait out its bound
                     self.board.answer(index, e.exit_code or 1, error=e.message.splitlines()[0])
                     raise
@@ -68,7 +69,7 @@ class Follower:
             for sink in self.sinks.values():
                 sink.close()
 
-    def follow(self, event: dict) -> int:
+    def follow(self, event: dict, index: int) -> int:
         """Run one announced step here; returns its exit code (after this node's checkpoint files are in storage)."""
         ctx = self.ctx
         phase = ctx.plan.phase(event["phase"])
@@ -87,7 +88,8 @@ class Follower:
         for publisher in others:
             publisher.watch(self.steps.processes(step))
         try:
-            code = self.steps.execute(phase, step, list(event["args"]), sink, resuming)
+            with StepWatch(self.board, index, f"{phase.name}/{step.name}") as watch:  # the leader failed it: stop at once
+                code = self.steps.execute(phase, step, list(event["args"]), sink, resuming, stop=watch.reason)
         finally:
             for publisher in others:
                 publisher.stop_watching()

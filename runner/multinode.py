@@ -4,8 +4,10 @@ Node rank 0's agent is the leader: it selects the phases, pre-seeds, writes mark
 every single-process step. Before each step that runs on every GPU of every node it announces the step (its
 final arguments, the checkpoint it resumes from) as the next numbered record of the launch; each follower waits
 for that record, stages the phase's inputs to its own scratch, joins the same torchrun rendezvous, uploads its own
-ranks' checkpoint files and answers with a done record. The leader seals a checkpoint only when every node's part
-record for it is in storage, and ends the launch with an end record.
+ranks' checkpoint files and answers with a done record (the leader writes one too). While a step runs every node
+watches the others' done records and stops its own part when another node failed it, so no torchrun waits out its
+exit barrier. The leader seals a checkpoint only when every node's part record for it is in storage (and the
+checkpoints a phase made so far before announcing the phase's next step), and ends the launch with an end record.
 
 Records live under `_runner/runs/<run id>/launches/<launch id>/`, so followers never act on what an earlier launch
 of the same run left there. A follower waits for the next record as long as the leader's heartbeat moves; a leader
@@ -152,6 +154,14 @@ class LaunchBoard:
         self._write(self._done(index, self.rendezvous.node_rank),
                     {"node": self.rendezvous.node_rank, "exit_code": exit_code, "error": error, "at": now_iso()})
 
+    def failed_elsewhere(self, index: int) -> str | None:
+        """Why another node of this launch failed step `index` (its done record says a non-zero exit), or None."""
+        for node in range(self.rendezvous.nnodes):
+            if node != self.rendezvous.node_rank and (record := self._read(self._done(index, node))) and record.get("exit_code"):
+                why = f": {record['error']}" if record.get("error") else ""
+                return f"node {node} exited with code {record['exit_code']}{why}"
+        return None
+
     # -- checkpoint parts --------------------------------------------------------------------------------------
 
     def write_part(self, rel: str, step: int, files: dict) -> None:
@@ -167,6 +177,40 @@ class LaunchBoard:
                 return None
             merged.update(record["files"])
         return merged
+
+
+class StepWatch:
+    """While this node runs an announced step: watch the other nodes' done records, and once one says the step
+    failed there, say why (`reason`), so this node stops its part at once. Without it torchrun would wait at its
+    exit barrier (300 s) for the node that failed, or ranks blocked on it would wait for their collective timeout."""
+
+    def __init__(self, board: LaunchBoard, index: int, what: str):
+        self.board, self.index, self.what = board, index, what
+        self.why: str | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="step-watch", daemon=True)
+
+    def __enter__(self) -> "StepWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+    def reason(self) -> str | None:
+        return self.why
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.board.poll_sec):
+            try:
+                why = self.board.failed_elsewhere(self.index)
+            except Exception:  # noqa: BLE001 - storage may blink; the next look tries again
+                continue
+            if why:
+                self.why = f"{self.what} failed on another node ({why}); stopping it here too"
+                self.board.log(self.why)
+                return
 
 
 class Crew:
@@ -187,6 +231,13 @@ class Crew:
         self.board.announce(self.index, {"phase": phase.name, "step": step.name, "module": step.module, "args": list(args),
                                          "resume_from": resumed_from})
         return self.index
+
+    def watch(self, index: int, what: str) -> StepWatch:
+        return StepWatch(self.board, index, what)
+
+    def finished(self, index: int, exit_code: int) -> None:
+        """The leader's own answer to a step, which the other nodes watch while they run it."""
+        self.board.answer(index, exit_code)
 
     def lead(self, run) -> int:
         """Run the leader's `run()` between the first heartbeat and the end record the followers stop at."""

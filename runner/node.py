@@ -255,7 +255,11 @@ class NodeAgent:
         publishers = CheckpointPublisher.for_phase(ctx, phase, say, self.crew.share() if self.crew else None)
         sink = LogSink(ctx.log_dir / f"{phase.name}.log", ctx.storage, ctx.phase_log(phase.name), ctx.options.log_upload_sec, log=say)
         try:
-            for step in steps:
+            for index, step in enumerate(steps):
+                if self.crew and index and step.all_gpus:
+                    # Every node runs this step, and the others load from storage what the earlier steps made here.
+                    for publisher in publishers:
+                        publisher.publish()
                 result = self.steps.run(phase, step, sink, publishers)
                 results[result].append(step.name)
                 if result == StepResult.SKIPPED and step.critical:

@@ -157,8 +157,9 @@ def stop_process_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SEC) ->
 
 
 def run_streamed(argv: list[str], cwd: str, env: dict, sink: LogSink, on_line, heartbeat_sec: float, label: str,
-                 out=None) -> int:
-    """Run `argv`, echo and log every line, call `on_line(line)`, print a heartbeat after silence; return the exit code."""
+                 out=None, stop=None) -> int:
+    """Run `argv`, echo and log every line, call `on_line(line)`, print a heartbeat after silence; return the exit code.
+    `stop()`, asked about once a second, returns why to stop the process early (or None)."""
     out = out or sys.stdout
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=_die_with_parent)
@@ -168,6 +169,13 @@ def run_streamed(argv: list[str], cwd: str, env: dict, sink: LogSink, on_line, h
     started = last_output = time.monotonic()
     try:
         while True:
+            why = stop() if stop else None
+            if why:
+                note = f"[runner] {label}: stopped: {why}"
+                print(note, file=out, flush=True)
+                sink.write(note)
+                stop_process_group(proc)
+                break
             try:
                 line = lines.get(timeout=min(1.0, heartbeat_sec))
             except queue.Empty:

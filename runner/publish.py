@@ -2,8 +2,10 @@
 
 A `CheckpointPublisher` owns one checkpoint folder a phase makes, for the whole phase: for a step that resumes
 (base training) it uploads each checkpoint in the background as soon as it is complete, so a preemption loses at
-most one interval (on several nodes each node uploads its own ranks' files and the leader seals); when the phase's steps end, however they ended, it uploads what is left and writes the manifest
-of every whole checkpoint (the only mark storage readers trust). Nothing else pushes or seals checkpoints.
+most one interval (on several nodes each node uploads its own ranks' files and the leader seals); when the phase's
+steps end, however they ended, it uploads what is left and writes the manifest of every whole checkpoint (the only
+mark storage readers trust); on several nodes also between two steps of a phase. Nothing else pushes or seals
+checkpoints.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class CheckpointPublisher:
     def finish(self) -> None:
         """The phase has ended: push the folder's remaining files, then write the manifests that make them count
         (with the other nodes' shards of each checkpoint, on several nodes)."""
+        self.publish()
+
+    def publish(self) -> None:
+        """Put every whole checkpoint made so far into storage, sealed. On several nodes the leader does this before
+        it announces the phase's next step: the other nodes stage what that step loads (mid's and SFT's evaluation
+        load the checkpoint their training step wrote on rank 0 only) from storage, never from the leader's disk."""
         self.stop_watching()
         push(self.ctx.storage, self.local, self.rel, self.ctx.state, log=self.log)
         seal(self.ctx.storage, self.local, self.rel, log=self.log, board=self.share.board if self.share else None)

@@ -63,8 +63,12 @@ class StepRunner:
         # Several nodes: the other nodes run this step with the same arguments, once the leader announces it.
         announced = self.crew.announce(phase, step, args, resumed_from) if self.crew and step.all_gpus else None
         started = time.monotonic()
-        code = self.execute(phase, step, args, sink, publisher)
-        if announced is not None:
+        if announced is None:
+            code = self.execute(phase, step, args, sink, publisher)
+        else:
+            with self.crew.watch(announced, f"{phase.name}/{step.name}") as watch:
+                code = self.execute(phase, step, args, sink, publisher, stop=watch.reason)
+            self.crew.finished(announced, code)
             self.crew.wait(announced, f"{phase.name}/{step.name}", failed=code != 0)
         return self._judge(phase, step, code, round(time.monotonic() - started, 1), data_dir, sink)
 
@@ -72,9 +76,9 @@ class StepRunner:
         """The step's processes across all nodes (what a checkpoint's optimizer shards are counted against)."""
         return step.nproc * self.ctx.plan.nodes if step.all_gpus else step.nproc
 
-    def execute(self, phase, step, args: list[str], sink, publisher=None) -> int:
+    def execute(self, phase, step, args: list[str], sink, publisher=None, stop=None) -> int:
         """Run the step with these final arguments on this node: compile cache around it, checkpoints uploaded as
-        they complete, output streamed to the log and the status; returns the exit code."""
+        they complete, output streamed to the log and the status; returns the exit code. `stop`: see run_streamed."""
         ctx, status = self.ctx, self.ctx.status
         env_extra = {}
         for name in step.uses:
@@ -99,7 +103,8 @@ class StepRunner:
                 cache.save_in_background(f"{step.name} reached step {progress['step']}")
 
         try:
-            return run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}")
+            return run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}",
+                                stop=stop)
         finally:
             # Whatever happened to the trainer, what it completed goes to storage before we move on or stop.
             if publisher is not None:

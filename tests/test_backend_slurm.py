@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, base_env, make_double, preseed_files, read_calls, runner
+from harness import REPO, base_env, make_double, preseed_files, read_calls
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (tests/run.sh installs the CPU wheel where there is one)")
 RUNNER_ON_NODES = f"{sys.executable} -m runner.cli"  # the cluster's nodes share this machine's installation
@@ -28,21 +28,6 @@ def submit_env(tmp_path: Path, cluster, **extra) -> dict:
     """A login shell of the cluster: Slurm's commands find it through SLURM_CONF; the submit folder is under HOME."""
     return base_env(tmp_path, {**cluster.env(), "HOME": str(tmp_path / "home"), "NANOCHAT_DIR": str(make_double(tmp_path)),
                                "RUNNER_NANOCHAT_PYTHON": sys.executable, **extra})
-
-
-def two_node_plan(tmp_path: Path) -> Path:
-    """The smoke plan for 2 nodes × 1 GPU through base training (base_train only: 40 steps, a checkpoint every 10)."""
-    result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path))
-    assert result.code == 0, result.output
-    plan = json.loads(result.output)
-    plan["phases"] = [p for p in plan["phases"] if p["name"] in ("data", "tokenizer", "base")]
-    base = plan["phases"][-1]
-    base["steps"] = [s for s in base["steps"] if s["name"] == "base_train"]
-    step = base["steps"][0]
-    step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))] + ["--num_iterations=40", "--save_every=10"]
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan))
-    return path
 
 
 def up(env: dict, *args: str, timeout: float = JOB_TIMEOUT_SEC) -> subprocess.CompletedProcess:
@@ -112,10 +97,10 @@ def test_preflight_refuses_what_the_cluster_cannot_run(tmp_path, slurm_cluster):
 def test_two_nodes_train_as_one_world_and_a_rerun_after_scancel_resumes_on_two_nodes(tmp_path, slurm_cluster):
     storage = tmp_path / "storage"
     preseed_files(storage)
-    plan = two_node_plan(tmp_path)
-    env = submit_env(tmp_path, slurm_cluster, NANOCHAT_DOUBLE_STEP_SEC="0.4")
-    args = ("--plan", str(plan), "--node-gpus", "1", "--runner-bin", RUNNER_ON_NODES, "--storage", str(storage),
-            "--scratch", str(tmp_path / "scratch"), "--run-id", "two")
+    # The whole smoke plan: base_train saves at steps 10 and 20 (1 s a step leaves time to cancel between them).
+    env = submit_env(tmp_path, slurm_cluster, NANOCHAT_DOUBLE_STEP_SEC="1.0")
+    args = ("--smoke", "--nodes", "2", "--device", "cuda", "--node-gpus", "1", "--runner-bin", RUNNER_ON_NODES,
+            "--storage", str(storage), "--scratch", str(tmp_path / "scratch"), "--run-id", "two")
 
     first = up(env, *args, "--detach")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -138,13 +123,17 @@ def test_two_nodes_train_as_one_world_and_a_rerun_after_scancel_resumes_on_two_n
     assert "all-reduce over 2 ranks (gloo), world size 2" in out  # both nodes' ranks in one process group
     assert "--nnodes=2 --node_rank=0" in out and "--nnodes=2 --node_rank=1" in out
     step = int(re.search(r"base_train: resuming from step (\d+), the newest complete checkpoint", out).group(1))
-    assert 10 <= step < 40  # the newest checkpoint sealed before scancel, not the start
+    assert step == 10  # the newest checkpoint sealed before scancel, not the start
     resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and f"--resume_from_step={step}" in c["argv"]]
     assert sorted((c["rank"], c["world_size"]) for c in resumed) == [(0, 2), (1, 2)]
-    sealed = json.loads((storage / "base_checkpoints/d4/manifest_000040.json").read_text())
-    assert sealed["processes"] == 2 and {"optim_000040_rank0.pt", "optim_000040_rank1.pt"} <= set(sealed["files"])
-    assert (tmp_path / "scratch/n2/base/base_checkpoints/d4/optim_000040_rank1.pt").is_file()  # each node its own scratch
-    assert not (tmp_path / "scratch/n1/base/base_checkpoints/d4/optim_000040_rank1.pt").exists()
+    sealed = json.loads((storage / "base_checkpoints/d4/manifest_000020.json").read_text())
+    assert sealed["processes"] == 2 and {"optim_000020_rank0.pt", "optim_000020_rank1.pt"} <= set(sealed["files"])
+    assert (tmp_path / "scratch/n2/base/base_checkpoints/d4/optim_000020_rank1.pt").is_file()  # each node its own scratch
+    assert "checkpoint step 20: this node's shards are in storage (optim_000020_rank1.pt)" in out  # node 2 uploaded its own
+    # mid's and SFT's evaluations load on both nodes the checkpoint their training step wrote on rank 0's node
+    evals = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.chat_eval"]
+    assert sorted((c["rank"], c["argv"][c["argv"].index("-i") + 1]) for c in evals) == [(0, "mid"), (0, "sft"), (1, "mid"), (1, "sft")]
+    assert "phase report: done" in out and (storage / "report/report.md").is_file()
 
     second_handle = next(line.split("started run two: ")[1] for line in out.splitlines() if "started run two: " in line)
     listed = cli(env, "status", "--backend", "slurm")

@@ -26,15 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_node_plan(tmp_path: Path, iterations: int = 20, save_every: int = 10, base_steps: tuple[str, ...] = ()) -> Path:
-    """The smoke plan for 2 nodes × 1 GPU, through base training (only `base_steps` of it, when given)."""
+def two_node_plan(tmp_path: Path, iterations: int = 20, save_every: int = 10, base_steps: tuple[str, ...] = (),
+                  phases: tuple[str, ...] | None = THROUGH_BASE) -> Path:
+    """The smoke plan for 2 nodes × 1 GPU, through base training (only `base_steps` of it, when given); phases=None: all of it."""
     result = runner(["plan", "--smoke", "--nodes", "2", "--device", "cuda", "--json"], base_env(tmp_path))
     assert result.code == 0, result.output
     plan = json.loads(result.output)
-    plan["phases"] = [p for p in plan["phases"] if p["name"] in THROUGH_BASE]
+    plan["phases"] = [p for p in plan["phases"] if phases is None or p["name"] in phases]
     if base_steps:
         plan["phases"][-1]["steps"] = [s for s in plan["phases"][-1]["steps"] if s["name"] in base_steps]
-    for step in plan["phases"][-1]["steps"]:
+    for step in next(p for p in plan["phases"] if p["name"] == "base")["steps"]:
         if step["name"] == "base_train":
             step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))]
             step["args"] += [f"--num_iterations={iterations}", f"--save_every={save_every}"]
@@ -134,6 +135,35 @@ def test_two_nodes_meet_through_s3(s3_bucket, tmp_path):
     check_one_world_of_two(tmp_path, logs, lambda rel: fs.cat(f"{s3_bucket.url[5:]}/{rel}").decode())
     status = json.loads(fs.cat(f"{s3_bucket.url[5:]}/_runner/runs/multi/status.json"))
     assert status["state"] == "succeeded"
+
+
+def test_two_nodes_run_the_whole_smoke_plan_and_every_node_evaluates_what_its_phase_made(tmp_path):
+    # mid and sft save their checkpoint once, on rank 0 (the leader's node), and their evaluations then load it on
+    # every node: the follower stages it from storage, where the leader put it before announcing the evaluation.
+    storage = tmp_path / "storage"
+    make_double(tmp_path)
+    preseed_files(storage)
+    plan = two_node_plan(tmp_path, phases=None)
+    assert {"mid", "sft"} <= {p["name"] for p in json.loads(plan.read_text())["phases"]}
+    leader, follower = run_launch(tmp_path, plan, str(storage), "whole", base_env(tmp_path))
+    evals = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.chat_eval"]
+    assert sorted((c["rank"], c["world_size"], c["argv"][c["argv"].index("-i") + 1]) for c in evals) == [
+        (0, 2, "mid"), (0, 2, "sft"), (1, 2, "mid"), (1, 2, "sft")], follower[-3000:]
+    for made in ("mid_checkpoints/d4", "chatsft_checkpoints/d4"):
+        assert list((storage / made).glob("manifest_*.json")), made  # sealed, and so staged on node 1
+        assert list((tmp_path / f"node1/base/{made}").glob("model_*.pt")), made
+    status = json.loads((storage / "_runner/runs/multi/status.json").read_text())
+    assert status["state"] == "succeeded", status.get("eval_failures")
+
+    # The evaluation fails on node 1 only: node 0 stops its part at once instead of waiting at torchrun's exit barrier.
+    port, started = free_port(), time.monotonic()
+    agents = [start_agent(tmp_path, plan, str(storage), rank, port, "evalfail", base_env(tmp_path, extra), "--only", "mid")
+              for rank, extra in ((0, {}), (1, {"NANOCHAT_DOUBLE_FAIL": "chat_eval:mid"}))]
+    codes = [agent.wait(timeout=NODE_TIMEOUT_SEC) for agent in agents]
+    leader = (tmp_path / "evalfail-node0.log").read_text()
+    assert codes == [3, 3], leader[-3000:]  # the run goes on past a failed evaluation, and says so
+    assert "mid/chat_eval_mid: stopped: mid/chat_eval_mid failed on another node (node 1 exited with code 1)" in leader
+    assert "still running, no output" not in leader and time.monotonic() - started < 120
 
 
 def test_a_follower_without_a_leader_stops_within_its_bound(tmp_path):
