@@ -5,6 +5,7 @@ and NANOCHAT_BASE_DIR = a tmp dir, the way the runner drives a real checkout.
 """
 import json
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -184,7 +186,10 @@ def test_save_every_and_resume(tmp_path):
     (ckpt / "optim_000008_rank0.pt").unlink()
     missing = run("scripts.base_train", *args, "--resume_from_step=8", base=tmp_path)
     assert missing.returncode == 1 and str(ckpt / "optim_000008_rank0.pt") in missing.stderr
-    (ckpt / "optim_000004_rank1.pt").write_bytes(b"x")  # saved by 2 processes, resumed by 1
+    # Saved by 2 processes, resumed by 1: rank 0's shard records the world that wrote it (on several nodes a node
+    # holds only its own ranks' shards, so the shard itself must say).
+    with zipfile.ZipFile(ckpt / "optim_000004_rank0.pt", "w") as zf:
+        zf.writestr("optim_000004_rank0/data.pkl", pickle.dumps({"nanochat_double": True, "step": 4, "rank": 0, "world_size": 2}))
     mismatch = run("scripts.base_train", *args, "--resume_from_step=4", base=tmp_path)
     assert mismatch.returncode == 1 and "WORLD_SIZE is 1" in mismatch.stderr
 
