@@ -3,7 +3,9 @@
 On a local disk a file is written under a temporary name in its own folder (`NAME.<8 hex>.part`), flushed and
 renamed; a full disk, a permission error or a Ctrl-C removes the temporary file, so no torn file ever carries the
 real name (a later run would take it for whole). Copies go in chunks so that a stop request (storage_wait.Watch)
-ends them within a chunk, and each chunk counts as progress for the not-answering watch.
+ends them within a chunk, and each chunk counts as progress for the not-answering watch. A copy stuck inside one
+network call when its batch stops is abandoned (transfer_pool.py); the temporary file it was writing is noted here
+(`partial_file`), so the batch removes it before the process exits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import posixpath
 import re
+import threading
 import uuid
 
 from .storage_wait import Watch
@@ -23,6 +26,35 @@ TEMP_RE = re.compile(r"\.[0-9a-f]{8}\.part$")
 
 def temp_name(target: str) -> str:
     return f"{target}.{uuid.uuid4().hex[:8]}.part"
+
+
+_PARTIAL: dict[int, set[str]] = {}  # thread ident -> the temporary files it is writing now
+_PARTIAL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def partial_file(path):
+    """Note `path` as a temporary file this thread is writing, for as long as the block runs."""
+    ident, path = threading.get_ident(), str(path)
+    with _PARTIAL_LOCK:
+        _PARTIAL.setdefault(ident, set()).add(path)
+    try:
+        yield
+    finally:
+        with _PARTIAL_LOCK:
+            _PARTIAL.get(ident, set()).discard(path)
+
+
+def remove_partial_files(threads) -> list[str]:
+    """Remove the temporary files that these (abandoned) threads are still writing; returns their paths."""
+    with _PARTIAL_LOCK:
+        paths = [p for t in threads for p in _PARTIAL.get(t.ident, ())]
+    removed = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 def copy_stream(reader, writer, watch: Watch | None = None) -> int:
@@ -46,7 +78,7 @@ def write_local_atomically(target: str, fill) -> None:
     os.makedirs(posixpath.dirname(target) or ".", exist_ok=True)
     tmp = temp_name(target)
     try:
-        with open(tmp, "wb") as f:
+        with partial_file(tmp), open(tmp, "wb") as f:
             fill(f)
             f.flush()
             os.fsync(f.fileno())

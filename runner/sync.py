@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import TransferError
 from .storage import Storage
-from .storage_copy import copy_stream, temp_name
+from .storage_copy import copy_stream, partial_file, temp_name
 from .storage_wait import Watch
 from .transfer import Progress
 from .transfer_pool import run_batch
@@ -103,7 +103,7 @@ def _copy(src: Storage, dst: Storage, rel: str, size: int, watch: Watch) -> None
     target = dst.path(rel)
     dst.fs.makedirs(posixpath.dirname(target), exist_ok=True)
     landing = temp_name(target) if dst.is_local else target
-    with src.fs.open(src.path(rel), "rb") as reader:
+    with src.fs.open(src.path(rel), "rb") as reader, partial_file(landing) if dst.is_local else contextlib.nullcontext():
         writer = dst.fs.open(landing, "wb")
         try:
             copy_stream(reader, writer, watch)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import TransferError
 from .storage import Storage, explain_storage_error, object_tag
+from .storage_copy import partial_file
 from .storage_wait import Watch
 from .transfer_pool import run_batch
 
@@ -167,7 +168,8 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
         try:
-            watch.retrying(lambda: storage.get_file(source, str(part), watch))
+            with partial_file(part):
+                watch.retrying(lambda: storage.get_file(source, str(part), watch))
             got = part.stat().st_size
             if got != size:
                 raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])

@@ -5,7 +5,7 @@ at a time, so Ctrl-C (and SIGTERM turned into KeyboardInterrupt) is seen at once
 stopped answering (storage_wait.Watch), or on the first failure when `stop_on_error`, queued jobs are dropped and
 running copies are told to stop (they check `watch.cancel` between chunks and remove their partial files); the
 caller gets the exception after at most STOP_GRACE_SEC more. A copy stuck inside one network call is abandoned:
-its thread is a daemon and its temporary file is never renamed to the real name.
+its thread is a daemon, and the temporary file it was writing is removed (storage_copy.partial_file).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 
+from .storage_copy import remove_partial_files
 from .storage_errors import TransferCancelled
 from .storage_wait import TICK_SEC, Watch
 
@@ -69,3 +70,4 @@ def stop(threads: list[threading.Thread], watch: Watch) -> None:
     deadline = time.monotonic() + STOP_GRACE_SEC
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+    remove_partial_files([t for t in threads if t.is_alive()])

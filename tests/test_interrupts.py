@@ -148,3 +148,39 @@ def test_runner_sync_into_a_local_folder_leaves_no_partial_file_when_stopped(s3_
     landed = {p.name: p.stat().st_size for p in (dst / "base_data").iterdir() if p.suffix == ".parquet"}
     assert len(landed) < len(whole) and all(whole[n] == s for n, s in landed.items())
     assert no_temporary_files(dst)
+
+
+def test_a_copy_stuck_in_one_call_leaves_no_temporary_file_when_its_batch_stops(tmp_path):
+    """A copy that cannot see the stop request (blocked inside one call, as a slow network read can be) is
+    abandoned after the grace period, and the temporary file it was writing is removed all the same."""
+    import threading
+
+    from runner.storage_copy import write_local_atomically
+    from runner.storage_wait import Watch
+    from runner.transfer_pool import run_batch
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck() -> None:
+        def fill(f):
+            f.write(b"half")
+            started.set()
+            release.wait(30)  # blocked in a call that never checks the stop request
+
+        write_local_atomically(str(tmp_path / "shard.parquet"), fill)
+
+    def failing() -> None:
+        started.wait(10)
+        raise OSError("the other copy failed")
+
+    stopped = time.monotonic()
+    with pytest.raises(OSError, match="the other copy failed"):
+        run_batch([stuck, failing], workers=2, watch=Watch("test copies", "file://test", log=lambda *_: None))
+    stopped = time.monotonic() - stopped
+    try:
+        assert stopped < 10, stopped  # the batch does not wait for the stuck copy
+        assert no_temporary_files(tmp_path), sorted(p.name for p in tmp_path.iterdir())
+        assert not (tmp_path / "shard.parquet").exists()
+    finally:
+        release.set()
