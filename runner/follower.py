@@ -54,6 +54,10 @@ class Follower:
                 if "end" in event:
                     end = event["end"]
                     say(f"the leader ended launch {rendezvous.launch_id}: {end.get('state')} (exit code {end.get('exit_code')})")
+                    try:
+                        self.board.acknowledge_end()
+                    except Exception as e:  # noqa: BLE001 - the leader then waits out its short bound
+                        say(f"could not tell the leader this node has ended ({type(e).__name__}: {e})")
                     return int(end.get("exit_code") or 0)
                 try:
                     code = self.follow(event, index)

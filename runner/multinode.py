@@ -27,6 +27,7 @@ from .status import now_iso, run_dir
 POLL_SEC = 1.0
 EXIT_INTERRUPTED = 130
 HEARTBEAT_SEC = 5.0
+END_ACK_SEC = 30.0  # how long a leader that finished waits for the followers to read its end record
 
 
 class NodesOutOfStep(RunnerError):
@@ -114,11 +115,25 @@ class LaunchBoard:
             time.sleep(self.poll_sec)
 
     def end(self, state: str, exit_code: int) -> None:
+        """The end record; after a run that finished, wait (briefly) until every follower has read it, because an
+        engine may stop the others as soon as the leader exits (Slurm's `srun --kill-on-bad-exit` on exit 3)."""
         self.stop.set()
         try:
             self._write(f"{self.root}/end.json", {"state": state, "exit_code": exit_code, "at": now_iso()})
         except Exception as e:  # noqa: BLE001 - followers then stop at their bound
             self.log(f"end of launch not written ({type(e).__name__}: {e})")
+            return
+        if state != "succeeded":
+            return  # a failed or interrupted leader: the followers are stopped by the engine or by their bound
+        deadline = time.monotonic() + END_ACK_SEC
+        waiting = set(range(1, self.rendezvous.nnodes))
+        while waiting and time.monotonic() < deadline:
+            waiting = {node for node in waiting if self._read(self._ended(node)) is None}
+            if waiting:
+                time.sleep(self.poll_sec)
+
+    def _ended(self, node: int) -> str:
+        return f"{self.root}/ended.node{node}.json"
 
     # -- followers ---------------------------------------------------------------------------------------------
 
@@ -149,6 +164,10 @@ class LaunchBoard:
                                    "Check that every node names the same storage URL and run id."])
         return NodesOutOfStep(f"The leader of launch {launch} stopped beating {self.wait_sec:.0f} s ago while this node waited for "
                               f"{waiting_for}.", ["Read node rank 0's log for why it stopped.", "Run the launch again: training resumes."])
+
+    def acknowledge_end(self) -> None:
+        """A follower has read the end record (the leader waits for this before it exits)."""
+        self._write(self._ended(self.rendezvous.node_rank), {"node": self.rendezvous.node_rank, "at": now_iso()})
 
     def answer(self, index: int, exit_code: int, error: str = "") -> None:
         self._write(self._done(index, self.rendezvous.node_rank),

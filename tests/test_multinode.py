@@ -164,6 +164,10 @@ def test_two_nodes_run_the_whole_smoke_plan_and_every_node_evaluates_what_its_ph
     assert codes == [3, 3], leader[-3000:]  # the run goes on past a failed evaluation, and says so
     assert "mid/chat_eval_mid: stopped: mid/chat_eval_mid failed on another node (node 1 exited with code 1)" in leader
     assert "still running, no output" not in leader and time.monotonic() - started < 120
+    # The leader exited only after node 1 read its end record: an engine that stops every task once one exits
+    # non-zero (Slurm's srun --kill-on-bad-exit, on exit 3) finds node 1 done, with the run's own exit code.
+    assert "the leader ended launch evalfail: succeeded (exit code 3)" in (tmp_path / "evalfail-node1.log").read_text()
+    assert (storage / "_runner/runs/multi/launches/evalfail/ended.node1.json").is_file()
 
 
 def test_a_follower_without_a_leader_stops_within_its_bound(tmp_path):
