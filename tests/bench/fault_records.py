@@ -39,7 +39,7 @@ def two_agents_at_once(where: str):
             preseed_files(lab.tmp / "storage")
         plan = smoke_plan(lab.tmp)
         procs, started = {}, time.monotonic()
-        for name in ("one", "two"):
+        for name in ("agent-a", "agent-b"):
             env = lab.env(**extra, NANOCHAT_DOUBLE_CALLS=lab.tmp / f"calls-{name}.jsonl", RUNNER_SCRATCH=lab.tmp / f"scratch-{name}",
                           NANOCHAT_DOUBLE_STEP_SEC="0.2")
             double = make_double(lab.tmp / name)
@@ -55,7 +55,7 @@ def two_agents_at_once(where: str):
         winners = [n for n, c in codes.items() if c == 0]
         if len(winners) != 1:
             return Outcome(False, True, float("nan"), f"exit codes {codes}")
-        winner, loser = winners[0], ("two" if winners[0] == "one" else "one")
+        winner, loser = winners[0], ("agent-b" if winners[0] == "agent-a" else "agent-a")
         said = (lab.tmp / f"{loser}.log").read_text()
         refused = (codes[loser] == 8 and f"is being written by run {winner}" in said and "--steal" in said and "Traceback" not in said
                    and not read_calls(lab.tmp / f"calls-{loser}.jsonl") and _training_started(lab.tmp / f"calls-{winner}.jsonl"))
@@ -114,12 +114,15 @@ def torn_status_record(lab: Lab) -> Outcome:
     good = (store / "_runner/runs/bench/status.json").read_text()
     (store / "_runner/runs/torn").mkdir()
     (store / "_runner/runs/torn/status.json").write_text(good[: len(good) // 2])
+    (store / "_runner/runs/empty").mkdir()
+    (store / "_runner/runs/empty/status.json").write_text("{}")  # whole JSON, but no run record
     started = time.monotonic()
     listed = runner(["ls", str(store)], lab.env())
     seconds = time.monotonic() - started
     rows = {line.split()[0]: line for line in listed.output.splitlines() if line.strip() and not line.startswith(("run ", "note:"))}
     shown = "succeeded" in rows.get("bench", "")
-    flagged = "unreadable" in rows.get("torn", "") and "The status record of run 'torn' is unreadable" in listed.output
+    flagged = all("unreadable" in rows.get(name, "") and f"The status record of run '{name}' is unreadable" in listed.output
+                  for name in ("torn", "empty"))
     return Outcome(first.code == 0 and listed.code == 0 and shown and flagged, not shown, seconds,
                    "" if flagged else listed.output[-150:].replace("\n", " "))
 
@@ -135,10 +138,9 @@ def malformed_input(lab: Lab) -> Outcome:
     problems, slowest = [], 0.0
     if crashed.code != 4 or not (folder / "manifest_000015.json").exists():
         return Outcome(False, False, float("nan"), "the crashed run to start from did not crash at step 17")
-    for bad in ("null", "{}"):
+    for name, bad in (("null", "null"), ("empty", "{}")):
         (folder / "manifest_000015.json").write_text(bad)
-        result, seconds = lab.node(str(store), lab.env(RUNNER_SCRATCH=lab.tmp / f"scratch-{len(problems)}-{bad[0]}"), "--only", "base",
-                                   plan=plan)
+        result, seconds = lab.node(str(store), lab.env(RUNNER_SCRATCH=lab.tmp / f"scratch-{name}"), "--only", "base", plan=plan)
         slowest = max(slowest, seconds)
         if "Traceback" in result.output or (result.code != 0 and "To fix:" not in result.output):
             problems.append(f"manifest {bad}: exit {result.code}, {result.output.strip().splitlines()[-1][:60]!r}")
@@ -186,7 +188,7 @@ SCENARIOS = [
     Scenario("bad-run-id", "6", "`--run-id '../../x'`, `a/b`, a newline, 300 characters", "s to the refusal (slowest)", bad_run_ids),
     Scenario("plan-unknown-flag", "8", "plan file / RUNNER_PLAN_JSON with a flag the pin lacks", "s to the refusal (slowest)",
              plan_with_unknown_flag),
-    Scenario("torn-status", "11", "half-written status.json beside a good run", "s of `runner ls`", torn_status_record),
+    Scenario("torn-status", "11", "half-written status.json and one `{}` beside a good run", "s of `runner ls`", torn_status_record),
     Scenario("malformed-input", "13", "checkpoint manifest `null`/`{}`, `--heartbeat-sec -1`, `--recipe ../x.toml`",
              "s to the error or the run's end (slowest)", malformed_input),
     Scenario("kill-9-shows-lost", "15", "run killed with -9 (1 s heartbeat)", "s from the kill to \"lost\" in `runner ls`",
