@@ -131,6 +131,21 @@ def manifest_for(ckpt: LocalCheckpoint, nproc: int, other_nodes: dict | None = N
     }
 
 
+def manifest_problem(manifest) -> str | None:
+    """What makes a manifest unusable (written by hand, or by something else), or None: it must name the process
+    count and at least one file with its size, as `manifest_for` writes them."""
+    if not isinstance(manifest, dict):
+        return f"is not a JSON object ({type(manifest).__name__})"
+    if not isinstance(manifest.get("processes"), int) or manifest["processes"] < 1:
+        return "has no process count"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "lists no files"
+    if not all(isinstance(info, dict) and isinstance(info.get("size"), int) for info in files.values()):
+        return "lists files without sizes"
+    return None
+
+
 @dataclass
 class StoredCheckpoints:
     """What a checkpoint folder in storage holds: complete steps (with manifests) and incomplete ones."""
@@ -156,6 +171,9 @@ def stored_checkpoints(storage: Storage, rel: str) -> StoredCheckpoints:
             manifest = json.loads(storage.read_text(f"{rel}/{name}"))
         except (FileNotFoundError, ValueError):
             incomplete[step] = "its manifest is unreadable"
+            continue
+        if (problem := manifest_problem(manifest)) is not None:
+            incomplete[step] = f"its manifest {problem}"
             continue
         wrong = [f for f, info in manifest.get("files", {}).items() if listing.get(f, (None,))[0] != info["size"]]
         if wrong:

@@ -85,3 +85,16 @@ def test_later_phases_stage_only_the_newest_complete_checkpoint(tmp_path):
     staged = sorted(p.name for p in (tmp_path / "node-2/base/base_checkpoints/d4").iterdir())
     assert staged == ["meta_000030.json", "model_000030.pt", "optim_000030_rank0.pt"]
     assert "ignoring checkpoint step 35 of base_checkpoints/d4: no manifest" in result.output
+
+
+def test_a_manifest_of_null_or_of_nothing_counts_as_incomplete_and_the_rerun_resumes_before_it(tmp_path):
+    storage, double, plan = crashed_at_step_17(tmp_path)
+    (storage / "base_checkpoints/d4/manifest_000015.json").write_text("null")
+    (storage / "base_checkpoints/d4/manifest_000010.json").write_text("{}")
+    stored = stored_checkpoints(open_storage(str(storage)), "base_checkpoints/d4")
+    assert set(stored.complete) == {5}
+    assert stored.incomplete[15] == "its manifest is not a JSON object (NoneType)" and stored.incomplete[10] == "its manifest has no process count"
+    result = run(plan, storage, double, base_env(tmp_path))
+    assert result.code == 0 and "Traceback" not in result.output, result.output
+    train = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train"][-1]
+    assert "--resume_from_step=5" in train["argv"]
