@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints import CheckpointUploader, is_checkpoint_dir, seal
+from .checkpoints import is_checkpoint_dir, seal
+from .uploader import CheckpointUploader
 from .transfer import push
 
 

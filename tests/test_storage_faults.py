@@ -15,7 +15,7 @@ import pytest
 
 from harness import base_env, make_double, node_run, preseed_files, read_calls, runner
 from runner import transfer
-from runner.checkpoints import CheckpointUploader
+from runner.uploader import CheckpointUploader
 from runner.storage import open_storage
 from runner.storage_errors import StorageDiskFull, StorageNotAnswering, StoragePermissionDenied
 from runner.transfer import SyncState, pull, push
