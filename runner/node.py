@@ -16,13 +16,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from . import markers, preseed, shards
+from . import markers, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
-from .errors import PhaseFailed, PlanError, PreseedError
+from .errors import PhaseFailed, PlanError
 from .lease import hold_model_lease
 from .multinode import check_nodes_match, crew_for
 from .nanochat_env import locate
+from .preseed_run import ensure_preseeded
 from .process import LogSink, ran_out_of_space
 from .provision import nanochat_dir
 from .publish import CheckpointPublisher
@@ -153,35 +154,7 @@ class NodeAgent:
     # -- pre-seeding -------------------------------------------------------------------------------------------
 
     def preseed(self, selected) -> None:
-        ctx = self.ctx
-        needed = sorted({name for _, steps, _ in selected for step in steps for name in step.uses})
-        failed: dict[str, str] = {}
-        for name in needed:
-            item = ctx.items[name]
-            problem = preseed.stored_problem(ctx.storage, item)  # present only with its manifest, every file whole
-            if problem is None:
-                continue
-            if ctx.options.offline:
-                self.ledger.missing_items[name] = problem
-                continue
-            if not problem.startswith("not in storage"):
-                say(f"pre-seed {name}: {problem}; fetching it again")
-            ctx.status.set(state="preseeding", step=f"preseed:{name}")
-            try:
-                local = preseed.fetch(item, ctx.scratch, ctx.nanochat, ctx.base_dir, ctx.cache_dir, log=say)
-                preseed.store(ctx.storage, item, local, lambda path, rel: push(ctx.storage, path, rel, ctx.state, log=say), log=say)
-            except Exception as e:  # noqa: BLE001 - reported together below, before any training
-                failed[name] = f"{type(e).__name__}: {e}"
-        if failed:
-            ctx.status.set(state="failed", error="pre-seed failed: " + ", ".join(failed))
-            raise preseed.missing_error(failed, ctx.items, ctx.storage.url)
-        # A step whose recipe says offline = "fail" cannot run without its files: stop now, not hours in.
-        blocked = sorted({f"{s.name} needs {n}" for _, steps, _ in selected for s in steps if s.offline == "fail" for n in self.ledger.missing_for(s)})
-        if blocked:
-            raise PreseedError(f"--offline, and steps cannot run without pre-seeded files: {'; '.join(blocked)}.",
-                               [f"Put them into storage ({', '.join(sorted(self.ledger.missing_items))}): run once without --offline, or `runner sync` them in."])
-        for name, reason in self.ledger.missing_items.items():
-            say(f"--offline: {name} is {reason}; steps that need it will be skipped or run without it")
+        ensure_preseeded(self.ctx, [step for _, steps, _ in selected for step in steps], self.ledger)
 
     # -- phases ------------------------------------------------------------------------------------------------
 
