@@ -130,7 +130,8 @@ def manifest_problem(manifest) -> str | None:
     count and at least one file with its size, as `manifest_for` writes them."""
     if not isinstance(manifest, dict):
         return f"is not a JSON object ({type(manifest).__name__})"
-    if not isinstance(manifest.get("processes"), int) or manifest["processes"] < 1:
+    processes = manifest.get("processes")  # 0: a checkpoint without optimizer shards (mid, SFT, RL)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 0:
         return "has no process count"
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
