@@ -78,11 +78,12 @@ def write_local_atomically(target: str, fill) -> None:
     os.makedirs(posixpath.dirname(target) or ".", exist_ok=True)
     tmp = temp_name(target)
     try:
-        with partial_file(tmp), open(tmp, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with partial_file(tmp):  # until it has its real name (a stopped batch removes it)
+            with open(tmp, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
     except BaseException as e:
         if isinstance(e, OSError):
             e.filename = e.filename or target  # a failed write() names no file: say which one

@@ -103,25 +103,27 @@ def _copy(src: Storage, dst: Storage, rel: str, size: int, watch: Watch) -> None
     target = dst.path(rel)
     dst.fs.makedirs(posixpath.dirname(target), exist_ok=True)
     landing = temp_name(target) if dst.is_local else target
-    with src.fs.open(src.path(rel), "rb") as reader, partial_file(landing) if dst.is_local else contextlib.nullcontext():
-        writer = dst.fs.open(landing, "wb")
-        try:
-            copy_stream(reader, writer, watch)
-        except BaseException:
-            # A buffered S3 writer would upload what it holds on close: discard it instead.
-            with contextlib.suppress(Exception):
-                if hasattr(writer, "discard") and not dst.is_local:
-                    writer.discard()
-                    writer.closed = True  # or its finalizer would upload the half it holds
-                else:
-                    writer.close()
-            if dst.is_local:
-                with contextlib.suppress(OSError):
-                    os.unlink(landing)
-            raise
-        writer.close()
-    if dst.is_local:
-        os.replace(landing, target)
+    # Noted as partial until it has its real name: a batch that stops removes it even if this thread is abandoned.
+    with partial_file(landing) if dst.is_local else contextlib.nullcontext():
+        with src.fs.open(src.path(rel), "rb") as reader:
+            writer = dst.fs.open(landing, "wb")
+            try:
+                copy_stream(reader, writer, watch)
+            except BaseException:
+                # A buffered S3 writer would upload what it holds on close: discard it instead.
+                with contextlib.suppress(Exception):
+                    if hasattr(writer, "discard") and not dst.is_local:
+                        writer.discard()
+                        writer.closed = True  # or its finalizer would upload the half it holds
+                    else:
+                        writer.close()
+                if dst.is_local:
+                    with contextlib.suppress(OSError):
+                        os.unlink(landing)
+                raise
+            writer.close()
+        if dst.is_local:
+            os.replace(landing, target)
     dst.fs.invalidate_cache(target) if hasattr(dst.fs, "invalidate_cache") else None
     landed = dst.fs.info(target)["size"]
     if landed != size:

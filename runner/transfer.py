@@ -168,12 +168,12 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
         try:
-            with partial_file(part):
+            with partial_file(part):  # until it has its real name (a stopped batch removes it)
                 watch.retrying(lambda: storage.get_file(source, str(part), watch))
-            got = part.stat().st_size
-            if got != size:
-                raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
-            os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
+                got = part.stat().st_size
+                if got != size:
+                    raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
+                os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
         except OSError as e:
             e.filename = e.filename or str(part)  # a full scratch disk is named as such, not as the storage
             raise
