@@ -1,11 +1,15 @@
-"""How bytes land in storage: whole or not at all, and stoppable between chunks.
+"""How bytes land in local files: whole or not at all, and stoppable between chunks.
 
-On a local disk a file is written under a temporary name in its own folder (`NAME.<8 hex>.part`), flushed and
-renamed; a full disk, a permission error or a Ctrl-C removes the temporary file, so no torn file ever carries the
-real name (a later run would take it for whole). Copies go in chunks so that a stop request (storage_wait.Watch)
-ends them within a chunk, and each chunk counts as progress for the not-answering watch. A copy stuck inside one
-network call when its batch stops is abandoned (transfer_pool.py); the temporary file it was writing is noted here
-(`partial_file`), so the batch removes it before the process exits.
+A file is written in a landing folder of its own beside its target (`NAME.<8 hex>.part/NAME`), flushed and moved
+to NAME; a full disk, a permission error or a Ctrl-C removes the folder, so no torn file ever carries the real
+name (a later run would take it for whole). Copies go in chunks so that a stop request (storage_wait.Watch) ends
+them within a chunk, and each chunk counts as progress for the not-answering watch.
+
+A copy stuck inside one network call when its batch stops is abandoned (transfer_pool.py), and the process may
+exit while it is still running: the batch removes the landing folders of its copies (`remove_landings`). The file
+itself is often created by another thread than ours (s3fs opens it from its event loop once the GET answers), so
+the folder is what makes the removal final: a file cannot be created in a folder that is gone, and a stopped
+batch's copies are refused a new folder (creating and removing take one lock).
 """
 
 from __future__ import annotations
@@ -14,47 +18,73 @@ import contextlib
 import os
 import posixpath
 import re
+import shutil
 import threading
 import uuid
 
+from .storage_errors import TransferCancelled
 from .storage_wait import Watch
 
 CHUNK = 8 * 1024 * 1024
-# A file being written locally: `NAME.<8 hex>.part` in its own folder, renamed to NAME once whole.
-TEMP_RE = re.compile(r"\.[0-9a-f]{8}\.part$")
+# A file being written locally, and the leftovers of older versions (`NAME.<8 hex>.part` files).
+TEMP_RE = re.compile(r"\.[0-9a-f]{8}\.part(/|$)")
+REMOVE_TRIES = 5  # a writer may create its file between rmtree's listing and its rmdir: list again
 
-
-def temp_name(target: str) -> str:
-    return f"{target}.{uuid.uuid4().hex[:8]}.part"
-
-
-_PARTIAL: dict[int, set[str]] = {}  # thread ident -> the temporary files it is writing now
-_PARTIAL_LOCK = threading.Lock()
+_LANDINGS: dict[int | None, set[str]] = {}  # id of a batch's Watch (None outside a batch) -> its landing folders
+_LANDINGS_LOCK = threading.Lock()
+_BATCH = threading.local()  # .watch: the batch this thread copies for (set by transfer_pool's workers)
 
 
 @contextlib.contextmanager
-def partial_file(path):
-    """Note `path` as a temporary file this thread is writing, for as long as the block runs."""
-    ident, path = threading.get_ident(), str(path)
-    with _PARTIAL_LOCK:
-        _PARTIAL.setdefault(ident, set()).add(path)
+def copying_for(watch: Watch):
+    """Mark the calling thread as a copy worker of `watch`'s batch while the block runs."""
+    _BATCH.watch = watch
     try:
         yield
     finally:
-        with _PARTIAL_LOCK:
-            _PARTIAL.get(ident, set()).discard(path)
+        _BATCH.watch = None
 
 
-def remove_partial_files(threads) -> list[str]:
-    """Remove the temporary files that these (abandoned) threads are still writing; returns their paths."""
-    with _PARTIAL_LOCK:
-        paths = [p for t in threads for p in _PARTIAL.get(t.ident, ())]
-    removed = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            removed.append(path)
-    return removed
+@contextlib.contextmanager
+def landing(target: str):
+    """A path to write `target`'s bytes to; the caller moves it to `target` (os.replace) once whole.
+
+    The path lies in a folder of its own, removed when the block ends however it ends. Inside a batch that has been
+    stopped no folder is made (TransferCancelled): the stop has already removed the batch's folders.
+    """
+    target = str(target)
+    folder = f"{target}.{uuid.uuid4().hex[:8]}.part"
+    watch: Watch | None = getattr(_BATCH, "watch", None)
+    key = id(watch) if watch is not None else None
+    with _LANDINGS_LOCK:
+        if watch is not None and watch.cancel.is_set():
+            raise TransferCancelled(watch.what)
+        os.makedirs(folder)
+        _LANDINGS.setdefault(key, set()).add(folder)
+    try:
+        yield posixpath.join(folder, posixpath.basename(target))
+    finally:
+        with _LANDINGS_LOCK:
+            _LANDINGS.get(key, set()).discard(folder)
+            if not _LANDINGS.get(key, True):
+                del _LANDINGS[key]
+        _remove_folder(folder)
+
+
+def remove_landings(watch: Watch) -> list[str]:
+    """Remove the landing folders that `watch`'s (stopped, maybe abandoned) copies still hold; returns them."""
+    with _LANDINGS_LOCK:
+        folders = sorted(_LANDINGS.pop(id(watch), ()))
+        for folder in folders:
+            _remove_folder(folder)
+    return folders
+
+
+def _remove_folder(folder: str) -> None:
+    for _ in range(REMOVE_TRIES):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            return
 
 
 def copy_stream(reader, writer, watch: Watch | None = None) -> int:
@@ -73,22 +103,18 @@ def copy_stream(reader, writer, watch: Watch | None = None) -> int:
 
 
 def write_local_atomically(target: str, fill) -> None:
-    """Create `target` whole or not at all: `fill(file)` writes a temporary file in the same folder, which is
-    flushed to disk and renamed; on any failure (ENOSPC, Ctrl-C) the temporary file is removed."""
+    """Create `target` whole or not at all: `fill(file)` writes a file in a landing folder, which is flushed to
+    disk and moved to `target`; on any failure (ENOSPC, Ctrl-C) the landing folder is removed."""
     os.makedirs(posixpath.dirname(target) or ".", exist_ok=True)
-    tmp = temp_name(target)
     try:
-        with partial_file(tmp):  # until it has its real name (a stopped batch removes it)
-            with open(tmp, "wb") as f:
+        with landing(target) as path:
+            with open(path, "wb") as f:
                 fill(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
-    except BaseException as e:
-        if isinstance(e, OSError):
-            e.filename = e.filename or target  # a failed write() names no file: say which one
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.replace(path, target)
+    except OSError as e:
+        e.filename = e.filename or target  # a failed write() names no file: say which one
         raise
 
 

@@ -14,7 +14,7 @@ import re
 
 from .errors import RunnerError, StorageError
 
-TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{8}\.part$")  # storage_copy.temp_name
+TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{8}\.part(/[^/]*)?$")  # storage_copy.landing: NAME.<8 hex>.part/NAME
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 S3_DENIED_WORDS = ("accessdenied", "access denied", "forbidden", "403", "allaccessdisabled")

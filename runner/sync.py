@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import posixpath
 import threading
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .errors import TransferError
 from .storage import Storage
-from .storage_copy import copy_stream, partial_file, temp_name
+from .storage_copy import copy_stream, write_local_atomically
 from .storage_wait import Watch
 from .transfer import Progress
 from .transfer_pool import run_batch
@@ -102,32 +101,32 @@ def _copy(src: Storage, dst: Storage, rel: str, size: int, watch: Watch) -> None
     """Copy one file in chunks; a copy that stops half way (failure, Ctrl-C) leaves nothing under the real name."""
     target = dst.path(rel)
     dst.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-    landing = temp_name(target) if dst.is_local else target
-    # Noted as partial until it has its real name: a batch that stops removes it even if this thread is abandoned.
-    with partial_file(landing) if dst.is_local else contextlib.nullcontext():
-        with src.fs.open(src.path(rel), "rb") as reader:
-            writer = dst.fs.open(landing, "wb")
-            try:
-                copy_stream(reader, writer, watch)
-            except BaseException:
-                # A buffered S3 writer would upload what it holds on close: discard it instead.
-                with contextlib.suppress(Exception):
-                    if hasattr(writer, "discard") and not dst.is_local:
-                        writer.discard()
-                        writer.closed = True  # or its finalizer would upload the half it holds
-                    else:
-                        writer.close()
-                if dst.is_local:
-                    with contextlib.suppress(OSError):
-                        os.unlink(landing)
-                raise
-            writer.close()
+    with src.fs.open(src.path(rel), "rb") as reader:
         if dst.is_local:
-            os.replace(landing, target)
+            write_local_atomically(target, lambda writer: copy_stream(reader, writer, watch))
+        else:
+            _upload(reader, dst, target, watch)
     dst.fs.invalidate_cache(target) if hasattr(dst.fs, "invalidate_cache") else None
     landed = dst.fs.info(target)["size"]
     if landed != size:
         raise TransferError(f"{dst.url_of(rel)} landed with {landed} bytes, the source has {size}.", ["Run the sync again."])
+
+
+def _upload(reader, dst: Storage, target: str, watch: Watch) -> None:
+    """Stream into an object store; a copy that stops half way uploads nothing."""
+    writer = dst.fs.open(target, "wb")
+    try:
+        copy_stream(reader, writer, watch)
+    except BaseException:
+        # A buffered S3 writer would upload what it holds on close: discard it instead.
+        with contextlib.suppress(Exception):
+            if hasattr(writer, "discard"):
+                writer.discard()
+                writer.closed = True  # or its finalizer would upload the half it holds
+            else:
+                writer.close()
+        raise
+    writer.close()
 
 
 def sync(src: Storage, dst: Storage, delete: bool = False, dry_run: bool = False, workers: int = 8, log=print) -> SyncResult:

@@ -3,8 +3,8 @@
 `pull` and `push` copy the files under one storage path. A file is copied when the other side lacks it or when
 it changed since the last copy (a small state file in scratch remembers size and mtime of what was copied, so
 a retrained tokenizer of the same size is still pushed). Every copy is checked for its size on arrival and
-lands whole: a download in a `.part` file renamed when whole, an upload to a local storage under a temporary
-name (storage_copy.py), to S3 as one PUT. Transient failures are retried within one budget of silence
+lands whole: a download, or an upload to a local storage, is written in a landing folder of its own and moved
+to its name when whole (storage_copy.py); to S3 it is one PUT. Transient failures are retried within one budget of silence
 (storage_wait.py), permanent ones (full disk, permission refused) end the batch at once with their fix, and
 Ctrl-C stops the batch within seconds, removing partial files (transfer_pool.py). Errors are never swallowed.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import TransferError
 from .storage import Storage, explain_storage_error, object_tag
-from .storage_copy import partial_file
+from .storage_copy import TEMP_RE, landing
 from .storage_wait import Watch
 from .transfer_pool import run_batch
 
@@ -166,19 +166,16 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
     def fetch(sub: str, size: int, target: Path, tag: str) -> None:
         source = storage.path(posixpath.join(rel, sub) if sub else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        try:
-            with partial_file(part):  # until it has its real name (a stopped batch removes it)
-                watch.retrying(lambda: storage.get_file(source, str(part), watch))
-                got = part.stat().st_size
-                if got != size:
-                    raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
-                os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
-        except OSError as e:
-            e.filename = e.filename or str(part)  # a full scratch disk is named as such, not as the storage
-            raise
-        finally:
-            part.unlink(missing_ok=True)
+        with landing(target) as part:  # removed however this ends, even if the batch abandons this copy
+            try:
+                watch.retrying(lambda: storage.get_file(source, part, watch))
+                got = os.stat(part).st_size
+            except OSError as e:
+                e.filename = e.filename or part  # a full scratch disk is named as such, not as the storage
+                raise
+            if got != size:
+                raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
+            os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
         state.record(target, tag)
         progress.advance(size)
 
@@ -191,11 +188,16 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
     return stats
 
 
+def _temporary(path: Path) -> bool:
+    """A file still being written (a landing folder's, or another tool's `.part`/`.tmp`): never pushed."""
+    return bool(TEMP_RE.search(path.as_posix())) or path.name.endswith((".part", ".tmp"))
+
+
 def push(storage: Storage, local: Path, rel: str, state: SyncState, workers: int = DEFAULT_WORKERS, log=print) -> TransferStats:
     """Copy `local` (a file or a directory) to storage:`rel`: new files and files changed since the last copy."""
     if not local.exists():
         return TransferStats()
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith((".part", ".tmp")))
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and not _temporary(p))
     remote = storage.find(rel)
     todo = []
     for path in files:

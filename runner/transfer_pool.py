@@ -5,7 +5,7 @@ at a time, so Ctrl-C (and SIGTERM turned into KeyboardInterrupt) is seen at once
 stopped answering (storage_wait.Watch), or on the first failure when `stop_on_error`, queued jobs are dropped and
 running copies are told to stop (they check `watch.cancel` between chunks and remove their partial files); the
 caller gets the exception after at most STOP_GRACE_SEC more. A copy stuck inside one network call is abandoned:
-its thread is a daemon, and the temporary file it was writing is removed (storage_copy.partial_file).
+its thread is a daemon, and the landing folder of the file it was writing is removed (storage_copy.landing).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 
-from .storage_copy import remove_partial_files
+from .storage_copy import copying_for, remove_landings
 from .storage_errors import TransferCancelled
 from .storage_wait import TICK_SEC, Watch
 
@@ -30,6 +30,10 @@ def run_batch(jobs: list, workers: int, watch: Watch, detail=lambda: "", stop_on
     lock = threading.Lock()
 
     def worker() -> None:
+        with copying_for(watch):
+            work()
+
+    def work() -> None:
         while not watch.cancel.is_set():
             try:
                 job = pending.get_nowait()
@@ -70,4 +74,4 @@ def stop(threads: list[threading.Thread], watch: Watch) -> None:
     deadline = time.monotonic() + STOP_GRACE_SEC
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    remove_partial_files([t for t in threads if t.is_alive()])
+    remove_landings(watch)  # what abandoned copies were writing; finished ones removed their own

@@ -184,3 +184,44 @@ def test_a_copy_stuck_in_one_call_leaves_no_temporary_file_when_its_batch_stops(
         assert not (tmp_path / "shard.parquet").exists()
     finally:
         release.set()
+
+
+def test_a_file_another_thread_creates_after_the_stop_cannot_outlive_the_batch(tmp_path):
+    """s3fs opens the local file from its own event loop once the GET answers, which can be after the batch has
+    stopped and the process is on its way out: that late open fails, because the copy's landing folder is gone."""
+    import threading
+
+    from runner.storage_copy import landing
+    from runner.storage_wait import Watch
+    from runner.transfer_pool import run_batch
+
+    answered, written, started = threading.Event(), threading.Event(), threading.Event()
+    late: dict[str, BaseException] = {}
+
+    def sdk_loop(path: str) -> None:  # stands in for the SDK's thread that writes the downloaded bytes
+        answered.wait(30)
+        try:
+            with open(path, "wb") as f:
+                f.write(b"bytes that arrived too late")
+        except OSError as e:
+            late["error"] = e
+        finally:
+            written.set()
+
+    def copy() -> None:
+        with landing(str(tmp_path / "shard.parquet")) as part:
+            threading.Thread(target=sdk_loop, args=(part,), daemon=True).start()
+            started.set()
+            written.wait(30)  # as fsspec's sync() waits on its event loop: deaf to the stop request
+
+    def failing() -> None:
+        started.wait(10)
+        raise OSError("the other copy failed")
+
+    with pytest.raises(OSError, match="the other copy failed"):
+        run_batch([copy, failing], workers=2, watch=Watch("test copies", "file://test", log=lambda *_: None))
+    answered.set()
+    assert written.wait(10)
+    assert isinstance(late.get("error"), FileNotFoundError), late
+    assert no_temporary_files(tmp_path), sorted(p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "shard.parquet").exists()

@@ -41,8 +41,8 @@ def make_files(folder: Path, count: int, kb: int) -> dict[str, int]:
 def assert_nothing_torn(folder: Path, whole: dict[str, int]) -> None:
     """Every file under `folder` carries a real name and its full size; no temporary file is left."""
     for path in folder.rglob("*"):
+        assert not path.name.endswith(".part"), f"temporary file or landing folder left: {path}"
         if path.is_file():
-            assert not path.name.endswith(".part"), f"temporary file left: {path}"
             if path.name in whole:
                 assert path.stat().st_size == whole[path.name], f"torn file under a real name: {path}"
 
