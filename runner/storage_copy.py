@@ -9,7 +9,8 @@ A copy stuck inside one network call when its batch stops is abandoned (transfer
 exit while it is still running: the batch removes the landing folders of its copies (`remove_landings`). The file
 itself is often created by another thread than ours (s3fs opens it from its event loop once the GET answers), so
 the folder is what makes the removal final: a file cannot be created in a folder that is gone, and a stopped
-batch's copies are refused a new folder (creating and removing take one lock).
+batch's copies are refused a new folder (creating and removing take one lock). What a process that died (kill -9,
+a lost node) left is removed by the next write of the same file, once untouched for an hour.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import posixpath
 import re
 import shutil
 import threading
+import time
 import uuid
 
 from .storage_errors import TransferCancelled
@@ -29,6 +31,9 @@ CHUNK = 8 * 1024 * 1024
 # A file being written locally, and the leftovers of older versions (`NAME.<8 hex>.part` files).
 TEMP_RE = re.compile(r"\.[0-9a-f]{8}\.part(/|$)")
 REMOVE_TRIES = 5  # a writer may create its file between rmtree's listing and its rmdir: list again
+# A landing untouched this long was left by a process that died (kill -9, a lost node): no live writer is silent
+# for more than the storage budget (minutes), so the next write of the same file removes it.
+STALE_LANDING_SEC = 3600
 
 _LANDINGS: dict[int | None, set[str]] = {}  # id of a batch's Watch (None outside a batch) -> its landing folders
 _LANDINGS_LOCK = threading.Lock()
@@ -53,6 +58,7 @@ def landing(target: str):
     stopped no folder is made (TransferCancelled): the stop has already removed the batch's folders.
     """
     target = str(target)
+    _remove_stale_landings(target)
     folder = f"{target}.{uuid.uuid4().hex[:8]}.part"
     watch: Watch | None = getattr(_BATCH, "watch", None)
     key = id(watch) if watch is not None else None
@@ -78,6 +84,30 @@ def remove_landings(watch: Watch) -> list[str]:
         for folder in folders:
             _remove_folder(folder)
     return folders
+
+
+def _remove_stale_landings(target: str) -> None:
+    """Remove what dead writers of `target` left beside it (their landing folders, or older `.part` files)."""
+    folder, name = posixpath.split(target)
+    now = time.time()
+    try:
+        entries = [e for e in os.scandir(folder or ".") if e.name.startswith(f"{name}.") and TEMP_RE.search(e.name)
+                   and len(e.name) == len(name) + len(".12345678.part")]
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if now - _last_touched(entry.path) > STALE_LANDING_SEC:
+                _remove_folder(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+
+
+def _last_touched(path: str) -> float:
+    """The newest mtime of a landing folder and what it holds (a live writer keeps its file's mtime fresh)."""
+    newest = os.lstat(path).st_mtime
+    if os.path.isdir(path):
+        for entry in os.scandir(path):
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
 
 
 def _remove_folder(folder: str) -> None:

@@ -92,6 +92,30 @@ def test_a_full_scratch_disk_during_staging_names_scratch_and_keeps_no_partial_f
         assert {p.name: p.stat().st_size for p in local.iterdir()} == whole
 
 
+def test_what_a_killed_writer_left_is_removed_by_the_next_write_of_the_same_file(tmp_path):
+    folder = tmp_path / "storage" / "base_data"
+    dead = folder / "shard_00000.parquet.0badc0de.part"  # a landing folder whose process was killed
+    (dead).mkdir(parents=True)
+    (dead / "shard_00000.parquet").write_bytes(b"half a shard")
+    older = folder / "shard_00000.parquet.deadbeef.part"  # a temporary file as older versions wrote them
+    older.write_bytes(b"half a shard")
+    other = folder / "shard_00001.parquet.0badc0de.part"  # another file's: left for that file's next write
+    other.mkdir()
+    live = folder / "shard_00000.parquet.12345678.part"  # written right now by a live process
+    live.mkdir()
+    (live / "shard_00000.parquet").write_bytes(b"still arriving")
+    hours_ago = time.time() - 2 * 3600
+    for path in (dead / "shard_00000.parquet", dead, older, other):
+        os.utime(path, (hours_ago, hours_ago))
+
+    storage = open_storage(str(tmp_path / "storage"))
+    assert storage.find("base_data") == {}, "a leftover was listed as a file"
+    storage.write_bytes("base_data/shard_00000.parquet", b"a whole shard")
+    assert not dead.exists() and not older.exists()
+    assert other.exists() and (live / "shard_00000.parquet").read_bytes() == b"still arriving"
+    assert sorted(storage.find("base_data")) == ["shard_00000.parquet"]
+
+
 @needs_root
 def test_node_run_on_a_full_storage_disk_stops_with_the_fix_and_the_rerun_after_freeing_space_trains(tmp_path):
     """The scenario of the report: staging fills the storage disk, space is freed, the same command runs again."""
