@@ -117,14 +117,31 @@ class Progress:
             self.log(self._line())
 
 
-def _run_parallel(jobs, workers: int, storage: Storage, watch: Watch, progress: "Progress") -> None:
-    """Run (callable) jobs on worker threads; re-raise the first failure as a RunnerError that says the fix."""
+def _copy_batch(verb: str, storage: Storage, rel: str, todo: list[tuple], copy_one, workers: int, state: SyncState,
+                log) -> TransferStats:
+    """Run copy_one(watch, *item) for each `todo` item, a (size, ...) tuple, on worker threads: one progress line,
+    one storage watch, the sync state saved whatever happens. The first failure is raised as a RunnerError that
+    says the fix; Ctrl-C as it is."""
+    total = sum(item[0] for item in todo)
+    progress = Progress(f"{verb} {rel}", len(todo), total, log)
+    watch = Watch(f"{verb} {storage.url_of(rel)}", storage.url, log)
+    start = time.monotonic()
+
+    def job(item: tuple) -> None:
+        copy_one(watch, *item)
+        progress.advance(item[0])
+
     try:
-        run_batch(jobs, workers, watch, detail=lambda: f" ({progress.total_files - progress.done_files} file(s) left)")
+        run_batch([lambda item=item: job(item) for item in todo], workers, watch,
+                  detail=lambda: f" ({progress.total_files - progress.done_files} file(s) left)")
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001
         raise explain_storage_error(storage.url, e) from None
+    finally:
+        progress.close()
+        state.save()
+    return TransferStats(files=len(todo), bytes=total, seconds=time.monotonic() - start)
 
 
 def _check_disk(local_dir: Path, need_bytes: int) -> None:
@@ -153,17 +170,11 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
         target = local / sub if sub else local
         if state.in_sync(target, tag) and target.stat().st_size == size:
             continue
-        todo.append((sub, size, target, tag))
-    stats = TransferStats(skipped=len(remote) - len(todo))
-    if not todo:
-        return stats
-    total = sum(t[1] for t in todo)
-    _check_disk(local, total)
-    progress = Progress(f"pull {rel}", len(todo), total, log)
-    watch = Watch(f"pull {storage.url_of(rel)}", storage.url, log)
-    start = time.monotonic()
+        todo.append((size, sub, target, tag))
+    if todo:
+        _check_disk(local, sum(item[0] for item in todo))
 
-    def fetch(sub: str, size: int, target: Path, tag: str) -> None:
+    def fetch(watch: Watch, size: int, sub: str, target: Path, tag: str) -> None:
         source = storage.path(posixpath.join(rel, sub) if sub else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         with landing(target) as part:  # removed however this ends, even if the batch abandons this copy
@@ -177,14 +188,9 @@ def pull(storage: Storage, rel: str, local: Path, state: SyncState, workers: int
                 raise TransferError(f"{source} arrived with {got} bytes, storage says {size}.", ["Run again; if it repeats, check the storage server."])
             os.replace(part, target)  # only a whole file takes the real name: a torn one never replaces a good one
         state.record(target, tag)
-        progress.advance(size)
 
-    try:
-        _run_parallel([lambda t=t: fetch(*t) for t in todo], workers, storage, watch, progress)
-    finally:
-        progress.close()
-        state.save()
-    stats.files, stats.bytes, stats.seconds = len(todo), total, time.monotonic() - start
+    stats = _copy_batch("pull", storage, rel, todo, fetch, workers, state, log) if todo else TransferStats()
+    stats.skipped = len(remote) - len(todo)
     return stats
 
 
@@ -204,30 +210,20 @@ def push(storage: Storage, local: Path, rel: str, state: SyncState, workers: int
         sub = "" if path == local else path.relative_to(local).as_posix()
         if sub in remote and remote[sub][0] == path.stat().st_size and state.in_sync(path, remote[sub][1]):
             continue
-        todo.append((path, sub))
-    stats = TransferStats(skipped=len(files) - len(todo))
-    if not todo:
-        return stats
-    total = sum(p.stat().st_size for p, _ in todo)
-    progress = Progress(f"push {rel}", len(todo), total, log)
-    watch = Watch(f"push {storage.url_of(rel)}", storage.url, log)
-    start = time.monotonic()
+        todo.append((path.stat().st_size, path, sub))
 
-    def send(path: Path, sub: str) -> None:
+    def send(watch: Watch, _listed_size: int, path: Path, sub: str) -> None:
         target = storage.path(posixpath.join(rel, sub) if sub else rel)
-        size = path.stat().st_size
+        size = path.stat().st_size  # now, not when listed: a log may have grown since
         watch.retrying(lambda: storage.put_file(str(path), target, watch))
         info = watch.retrying(lambda: storage.fs.info(target))
         if info.get("size") != size:
             raise TransferError(f"{target} landed with {info.get('size')} bytes, the local file has {size}.", ["Run again; if it repeats, check the storage server."])
         state.record(path, object_tag(info))
-        progress.advance(size)
 
     try:
-        _run_parallel([lambda t=t: send(*t) for t in todo], workers, storage, watch, progress)
+        stats = _copy_batch("push", storage, rel, todo, send, workers, state, log) if todo else TransferStats()
     finally:
-        progress.close()
-        state.save()
         storage.invalidate()
-    stats.files, stats.bytes, stats.seconds = len(todo), total, time.monotonic() - start
+    stats.skipped = len(files) - len(todo)
     return stats
