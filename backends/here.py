@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner.context import RUN_ID_RE
+from runner.context import RUN_ID_RE, check_run_id
 from runner.devices import nvidia_gpus
 
 from . import detached, preflight
@@ -99,8 +99,7 @@ class HereBackend(Backend):
 
     def preflight(self, prepared: Prepared, log: Log) -> Prepared:
         spec, request = prepared.spec, prepared.request
-        if not RUN_ID_RE.match(spec.run_id):
-            raise PreflightError(f"Run id {spec.run_id!r} cannot name a folder.", ["Use 1-128 letters, digits, '.', '-' and '_'."])
+        check_run_id(spec.run_id)
         if getattr(spec.plan, "device", "cuda") == "cuda":
             gpus = nvidia_gpus()
             if len(gpus) < spec.plan.gpus:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
+from runner.context import RUN_ID_RE
 from runner.storage import RUNNER_DIR, open_storage
 
 from .base import BackendError, RunInfo, State, state_from_exit
 
 RECORD_VERSION = 1
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def storage_options(storage: str, environment: str | None, options=()) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
-from runner.context import RUN_ID_RE
+from runner.context import RUN_ID_RE, check_run_id
 
 from . import slurm_jobs, slurm_preflight
 from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
@@ -194,8 +194,7 @@ class SlurmBackend(Backend):
 
     def preflight(self, prepared: Prepared, log: Log) -> Prepared:
         spec, request, o = prepared.spec, prepared.request, self.options
-        if not RUN_ID_RE.match(spec.run_id):
-            raise PreflightError(f"Run id {spec.run_id!r} cannot name a Slurm job.", ["Use 1-128 letters, digits, '.', '-' and '_'."])
+        check_run_id(spec.run_id)
         self._log = log
         shell, where, job = self.shell(request.target), request.where, request.job
         _, out = shell.script(slurm_preflight.facts_script(job.job_name), timeout=120)  # judged by what it printed

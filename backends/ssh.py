@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+from runner.context import RUN_ID_RE, check_run_id
+
 from . import detached, local_image, ssh_docker, ssh_hosts, ssh_preflight
 from .base import Backend, BackendError, Log, PreflightError, Prepared, RunInfo, RunSpec, State
 from .launch import ContainerLaunch, GpuRequest, NodeCommand
@@ -35,7 +37,6 @@ from .ssh_conn import Connection, Target, known_hosts_path
 from .ssh_install import Install
 
 RUNS = detached.RunFolder("$HOME/.nanochat-runner/runs")  # on the host
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -190,8 +191,7 @@ class SSHBackend(Backend):
 
     def preflight(self, prepared: Prepared, log: Log) -> Prepared:
         spec = prepared.spec
-        if not RUN_ID_RE.match(spec.run_id):
-            raise PreflightError(f"Run id {spec.run_id!r} cannot name a folder on the host.", ["Use letters, digits, '.', '-' and '_'."])
+        check_run_id(spec.run_id)
         self._log = log
         if isinstance(prepared.request, ssh_hosts.HostGroup):
             group = prepared.request
