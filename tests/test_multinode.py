@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import REPO, base_env, make_double, pid_alive, preseed_files, read_calls, runner, seed_s3
+from harness import REPO, base_env, make_double, pid_alive, preseed_files, read_calls, runner, seed_s3, set_base_train_length
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (tests/run.sh installs the CPU wheel where there is one)")
 THROUGH_BASE = ("data", "tokenizer", "base")
@@ -35,10 +35,7 @@ def two_node_plan(tmp_path: Path, iterations: int = 20, save_every: int = 10, ba
     plan["phases"] = [p for p in plan["phases"] if phases is None or p["name"] in phases]
     if base_steps:
         plan["phases"][-1]["steps"] = [s for s in plan["phases"][-1]["steps"] if s["name"] in base_steps]
-    for step in next(p for p in plan["phases"] if p["name"] == "base")["steps"]:
-        if step["name"] == "base_train":
-            step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))]
-            step["args"] += [f"--num_iterations={iterations}", f"--save_every={save_every}"]
+    set_base_train_length(plan, iterations, save_every)
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return path
@@ -90,7 +87,8 @@ def test_two_nodes_train_as_one_world_then_resume_after_both_are_killed(tmp_path
     storage, env = tmp_path / "storage", base_env(tmp_path, {"NANOCHAT_DOUBLE_STEP_SEC": "0.4"})
     make_double(tmp_path)
     preseed_files(storage)
-    plan = two_node_plan(tmp_path, base_steps=("base_train",))  # the evaluations run in the S3 test
+    # 40 steps: the kill lands well before the end even when a loaded machine seals step 10 late.
+    plan = two_node_plan(tmp_path, iterations=40, base_steps=("base_train",))  # the evaluations run in the S3 test
 
     # First launch: killed (both agents, SIGKILL) once base training has sealed its step-10 checkpoint.
     port = free_port()
@@ -105,16 +103,18 @@ def test_two_nodes_train_as_one_world_then_resume_after_both_are_killed(tmp_path
             agent.send_signal(signal.SIGKILL)
             agent.wait()
     assert manifest(lambda rel: (storage / rel).read_text(), 10)["processes"] == 2
+    newest = max(int(p.name[9:15]) for p in (storage / "base_checkpoints/d4").glob("manifest_*.json"))
+    assert newest < 40, "base training ended before the kill: nothing left to resume"
     deadline = time.monotonic() + 30  # the trainers die with their agents
     while any(pid_alive(c["pid"]) for c in read_calls(tmp_path / "calls.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.2)
 
     logs = run_launch(tmp_path, plan, str(storage), "second", base_env(tmp_path))
     check_one_world_of_two(tmp_path, logs, lambda rel: (storage / rel).read_text())
-    assert "base_train: resuming from step 10" in logs[0]
-    resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and "--resume_from_step=10" in c["argv"]]
+    assert f"base_train: resuming from step {newest}" in logs[0]
+    resumed = [c for c in read_calls(tmp_path / "calls.jsonl") if c["module"] == "scripts.base_train" and f"--resume_from_step={newest}" in c["argv"]]
     assert sorted(c["rank"] for c in resumed) == [0, 1]
-    assert "resuming from step 10 with this node's shards (ranks 1-1)" in logs[1]
+    assert f"resuming from step {newest} with this node's shards (ranks 1-1)" in logs[1]
     marker_dir = storage / "_runner/markers/base"
     assert len(list(marker_dir.glob("*.json"))) == 1
 
