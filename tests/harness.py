@@ -119,15 +119,31 @@ def node_run(storage: str, double: Path, env: dict, *extra: str, model: str = "s
     return runner(args, env)
 
 
-def smoke_plan(tmp_path: Path, iterations: int = 40, save_every: int = 5) -> Path:
-    """The seed smoke plan with a longer base_train that checkpoints often (for the fault-injection tests)."""
-    result = runner(["plan", "--model", "smoke", "--json"], base_env(tmp_path))
-    plan = json.loads(result.output)
+def write_shards(folder: Path, count: int, mb: int) -> dict[str, int]:
+    """`count` random files of `mb` MiB named like nanochat's shards; returns {name: size}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1024 * 1024)
+    for i in range(count):
+        with (folder / f"shard_{i:05d}.parquet").open("wb") as f:
+            for _ in range(mb):
+                f.write(block)
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
+def set_base_train_length(plan: dict, iterations: int, save_every: int) -> None:
+    """Make the plan's base_train run `iterations` steps and checkpoint every `save_every` (in place)."""
     for phase in plan["phases"]:
         for step in phase["steps"]:
             if step["name"] == "base_train":
                 step["args"] = [a for a in step["args"] if not a.startswith(("--num_iterations", "--save_every"))]
                 step["args"] += [f"--num_iterations={iterations}", f"--save_every={save_every}"]
+
+
+def smoke_plan(tmp_path: Path, iterations: int = 40, save_every: int = 5) -> Path:
+    """The seed smoke plan with a longer base_train that checkpoints often (for the fault-injection tests)."""
+    result = runner(["plan", "--model", "smoke", "--json"], base_env(tmp_path))
+    plan = json.loads(result.output)
+    set_base_train_length(plan, iterations, save_every)
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return path

@@ -40,6 +40,19 @@ def kill_agent(proc: subprocess.Popen, calls_file) -> None:
     wait_for(lambda: not any(pid_alive(p) for p in trainers), "the orphaned trainer to exit", timeout=30)
 
 
+def kill_agent_once(proc: subprocess.Popen, calls_file, condition, what: str):
+    """Wait for `condition`, then kill -9 the agent (kill_agent); the agent is stopped whatever happens. Returns
+    the condition's value."""
+    try:
+        value = wait_for(condition, what, proc)
+        kill_agent(proc, calls_file)
+        return value
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def checkpoint_digest(storage) -> dict[str, str]:
     """name -> sha256 of every .pt in the base checkpoint folder (meta holds timings, so it is left out)."""
     out = {}
@@ -70,17 +83,12 @@ def test_kill_9_during_base_train_then_resume(kill_after_step, s3_bucket, s3_env
     env = base_env(tmp_path, dict(s3_bucket.env, NANOCHAT_DOUBLE_STEP_SEC="0.1"))
     storage = open_storage(s3_bucket.url)
     proc = start_node(plan, s3_bucket.url, double, env, tmp_path / "first.log")
-    try:
-        if kill_after_step:
-            wait_for(lambda: kill_after_step in stored_checkpoints(storage, "base_checkpoints/d4").complete,
-                     f"checkpoint {kill_after_step} in storage", proc)
-        else:
-            wait_for(lambda: any(c["module"] == "scripts.base_train" for c in read_calls(tmp_path / "calls.jsonl")), "base_train", proc)
-        kill_agent(proc, tmp_path / "calls.jsonl")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    if kill_after_step:
+        kill_agent_once(proc, tmp_path / "calls.jsonl", lambda: kill_after_step in stored_checkpoints(storage, "base_checkpoints/d4").complete,
+                        f"checkpoint {kill_after_step} in storage")
+    else:
+        kill_agent_once(proc, tmp_path / "calls.jsonl",
+                        lambda: any(c["module"] == "scripts.base_train" for c in read_calls(tmp_path / "calls.jsonl")), "base_train")
     stored = stored_checkpoints(storage, "base_checkpoints/d4")
     newest = max(stored.complete, default=None)
     assert (newest or 0) >= kill_after_step
@@ -110,13 +118,7 @@ def test_kill_9_during_a_checkpoint_upload_leaves_no_manifest_on_a_partial_check
         manifests = {int(n[9:15]) for n in listing if n.startswith("manifest_")}
         return sorted(steps - manifests) or None
 
-    try:
-        partial = wait_for(mid_upload, "an upload in progress", proc)
-        kill_agent(proc, tmp_path / "calls.jsonl")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    partial = kill_agent_once(proc, tmp_path / "calls.jsonl", mid_upload, "an upload in progress")
     stored = stored_checkpoints(storage, "base_checkpoints/d4")
     for step, manifest in stored.complete.items():  # every manifest lists files that are all there, whole
         listing = storage.find("base_checkpoints/d4")

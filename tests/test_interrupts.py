@@ -4,17 +4,15 @@ Real processes, real signals, the real S3 server."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import REPO, base_env
+from harness import REPO, base_env, write_shards
 from runner.storage import open_storage
 
 FILES, MB = 48, 8
@@ -24,14 +22,8 @@ EXIT_BOUND_SEC = 20
 WAIT_SEC = 120
 
 
-def make_files(folder: Path, count: int = FILES, mb: int = MB) -> dict[str, int]:
-    folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1024 * 1024)
-    for i in range(count):
-        with (folder / f"shard_{i:05d}.parquet").open("wb") as f:
-            for _ in range(mb):
-                f.write(block)
-    return {p.name: p.stat().st_size for p in folder.iterdir()}
+def make_files(folder: Path) -> dict[str, int]:
+    return write_shards(folder, FILES, MB)
 
 
 def wait_until(condition, what: str, proc: subprocess.Popen) -> None:
@@ -61,24 +53,7 @@ def no_temporary_files(folder: Path) -> bool:
     return not [p for p in folder.rglob("*") if p.name.endswith(".part")]
 
 
-PULL_DRIVER = textwrap.dedent("""
-    import signal, sys
-    from pathlib import Path
-    from runner.storage import open_storage
-    from runner.transfer import SyncState, pull
-
-    def interrupt(signum, frame):  # as the node agent does: SIGTERM stops like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    local = Path(sys.argv[2])
-    try:
-        stats = pull(open_storage(sys.argv[1]), "base_data", local, SyncState(local.parent), workers=2, log=print)
-    except KeyboardInterrupt:
-        print("pull interrupted", flush=True)
-        sys.exit(130)
-    print(f"pulled {stats.files} files", flush=True)
-""")
+PULL_DRIVER = ["-m", "tests.drive_pull"]  # STORAGE_URL LOCAL_FOLDER; exits 130 when stopped
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -89,7 +64,7 @@ def test_staging_stops_within_seconds_and_the_next_pull_completes(sig, s3_bucket
         storage.fs.put_file(str(tmp_path / "shards" / name), storage.path(f"base_data/{name}"))
     local = tmp_path / "scratch" / "base_data"
     env = base_env(tmp_path, s3_bucket.env)
-    command = [sys.executable, "-c", PULL_DRIVER, s3_bucket.url, str(local)]
+    command = [sys.executable, *PULL_DRIVER, s3_bucket.url, str(local)]
     proc = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_until(lambda: local.exists() and any(p.suffix == ".parquet" for p in local.iterdir()), "the first staged shard", proc)
     stop_and_time(proc, sig)

@@ -141,12 +141,8 @@ def test_an_agent_whose_lease_is_stolen_stops_before_its_next_write(tmp_path, wh
     assert not pid_alive(victim.pid)
 
 
-def test_racing_acquires_let_exactly_one_win(tmp_path, where, monkeypatch):
-    url, env, _, _ = where
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    storage = open_storage(url)
-    leases = [ModelLease(storage, "d4", f"run-{i}", 30, log=lambda _: None) for i in range(6)]
+def acquire_at_once(leases: list) -> list[str]:
+    """Every lease tries to acquire at the same moment, each on its own thread; "won" or the refusal, per lease."""
     outcomes: list = [None] * len(leases)
     gate = threading.Barrier(len(leases))
 
@@ -163,6 +159,16 @@ def test_racing_acquires_let_exactly_one_win(tmp_path, where, monkeypatch):
         t.start()
     for t in threads:
         t.join(timeout=60)
+    return outcomes
+
+
+def test_racing_acquires_let_exactly_one_win(tmp_path, where, monkeypatch):
+    url, env, _, _ = where
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    storage = open_storage(url)
+    leases = [ModelLease(storage, "d4", f"run-{i}", 30, log=lambda _: None) for i in range(6)]
+    outcomes = acquire_at_once(leases)
     assert outcomes.count("won") == 1, outcomes
     winner = outcomes.index("won")
     assert all(f"being written by run run-{winner}" in o for o in outcomes if o != "won")
@@ -173,22 +179,7 @@ def test_racing_acquires_let_exactly_one_win(tmp_path, where, monkeypatch):
 def test_on_a_filesystem_without_conditional_writes_the_read_back_lets_one_win(tmp_path):
     storage = open_storage("memory://lease-read-back")
     leases = [ModelLease(storage, "d4", f"run-{i}", 30, log=lambda _: None) for i in range(4)]
-    outcomes: list = [None] * len(leases)
-    gate = threading.Barrier(len(leases))
-
-    def take(i: int) -> None:
-        gate.wait()
-        try:
-            leases[i].acquire()
-            outcomes[i] = "won"
-        except LeaseHeld as e:
-            outcomes[i] = str(e)
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(leases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    outcomes = acquire_at_once(leases)
     assert outcomes.count("won") == 1, outcomes
     winner = leases[outcomes.index("won")]
     assert winner.renew()

@@ -22,18 +22,8 @@ from pathlib import Path
 
 from runner.storage import open_storage
 from runner.transfer import SyncState, pull, push
-from tests.harness import base_env, make_double, preseed_files, runner, smoke_plan
+from tests.harness import base_env, make_double, preseed_files, runner, smoke_plan, write_shards
 from tests.infra.seaweedfs import SeaweedFS
-
-
-def make_files(folder: Path, count: int, mb: int) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1024 * 1024)
-    for i in range(count):
-        with (folder / f"shard_{i:05d}.parquet").open("wb") as f:
-            for _ in range(mb):
-                f.write(block)
-    return count * mb * 1024 * 1024
 
 
 def timed(fn) -> float:
@@ -97,7 +87,7 @@ def staging(files: int, mb: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         src = work / "src"
-        total = make_files(src, files, mb)
+        total = sum(write_shards(src, files, mb).values())
         for i in range(repeats):
             with SeaweedFS(work / f"weed-{i}") as server:  # a fresh server each time: its memory grows under load
                 for tool, speeds in run_tools(server, src, work, total, str(i)).items():

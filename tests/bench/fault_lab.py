@@ -71,8 +71,9 @@ class Lab:
         return result, time.monotonic() - started
 
     def start(self, args: list[str], env: dict, log_name: str = "run.log") -> subprocess.Popen:
-        """A runner command (or `python -c CODE` when args[0] == "-c") in the background; the caller stops it."""
-        command = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "runner.cli", *args]
+        """A runner command (or `python -c CODE` / `python -m MODULE` when args start with -c / -m) in the
+        background; the caller stops it."""
+        command = [sys.executable, *args] if args[0] in ("-c", "-m") else [sys.executable, "-m", "runner.cli", *args]
         return subprocess.Popen(command, env=env, cwd=str(REPO), stdout=(self.tmp / log_name).open("w"), stderr=subprocess.STDOUT)
 
     def log(self, name: str = "run.log") -> str:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 from tests.bench.fault_lab import Lab, Outcome, Scenario, clear_error, stop_within, wait_for
 from tests.harness import REPO, preseed_files, read_calls, runner, smoke_plan
@@ -44,23 +43,7 @@ def silent_s3_endpoint(lab: Lab) -> Outcome:
                    "" if reported else "no 'still trying' line")
 
 
-PULL_DRIVER = textwrap.dedent("""
-    import signal, sys
-    from pathlib import Path
-    from runner.storage import open_storage
-    from runner.transfer import SyncState, pull
-
-    def interrupt(signum, frame):  # as the node agent does: SIGTERM stops like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    local = Path(sys.argv[2])
-    try:
-        stats = pull(open_storage(sys.argv[1]), "base_data", local, SyncState(local.parent), workers=2, log=print)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"pulled {stats.files} files", flush=True)
-""")
+PULL_DRIVER = ["-m", "tests.drive_pull"]  # STORAGE_URL LOCAL_FOLDER; exits 130 when stopped
 
 
 def _big_files(lab: Lab) -> dict[str, int]:
@@ -85,7 +68,7 @@ def interrupt_staging(sig: int):
                               env=env, cwd=str(REPO), capture_output=True, text=True)
         assert sync.returncode == 0, sync.stdout + sync.stderr
         local = lab.tmp / "scratch" / "base_data"
-        proc = lab.start(["-c", PULL_DRIVER, url, str(local)], env)
+        proc = lab.start([*PULL_DRIVER, url, str(local)], env)
         if not wait_for(lambda: local.exists() and any(p.suffix == ".parquet" for p in local.iterdir()), proc):
             proc.kill()
             return Outcome(False, False, float("nan"), "staging ended before the signal")
@@ -93,7 +76,7 @@ def interrupt_staging(sig: int):
         seconds = stop_within(proc)
         staged = {p.name: p.stat().st_size for p in local.iterdir() if p.suffix == ".parquet"}
         leftovers = [p for p in local.parent.rglob("*.part")]
-        again = lab.start(["-c", PULL_DRIVER, url, str(local)], env, "again.log")
+        again = lab.start([*PULL_DRIVER, url, str(local)], env, "again.log")
         again.wait(timeout=300)
         final = {p.name: p.stat().st_size for p in local.iterdir()}
         stopped_early = len(staged) < len(whole)

@@ -40,11 +40,20 @@ def reference(lab: Lab) -> dict[str, str]:
     return _reference
 
 
-def _fault_run(lab: Lab, url: str, **env_extra):
+def _fault_run(lab: Lab, **env_extra):
+    """A fresh bucket seeded with the pre-seeded inputs, and the node command of a short base run into it:
+    (url, args, env, storage opened with the admin key)."""
+    import os
+
+    from runner.storage import open_storage
+
+    url = lab.bucket()
+    seed_s3(url, lab.server.storage_options(), lab.tmp)
     plan = smoke_plan(lab.tmp)
     args = ["node", "run", "--plan", str(plan), "--storage", url, "--nanochat-dir", str(lab.double()), "--python", sys.executable,
             "--run-id", "fault"]
-    return args, lab.s3_env(**env_extra)
+    os.environ.update(lab.server.env())
+    return url, args, lab.s3_env(**env_extra), open_storage(url, check=False)
 
 
 def _kill_agent(lab: Lab, proc) -> None:
@@ -74,17 +83,10 @@ def _recover(lab: Lab, url: str, args: list[str], env: dict, compare: bool = Tru
 
 def kill_9_in_training(after_step: int):
     def scenario(lab: Lab) -> Outcome:
-        import os
-
         from runner.checkpoints import stored_checkpoints
-        from runner.storage import open_storage
 
         reference(lab)
-        url = lab.bucket()
-        seed_s3(url, lab.server.storage_options(), lab.tmp)
-        args, env = _fault_run(lab, url, NANOCHAT_DOUBLE_STEP_SEC="0.1")
-        os.environ.update(lab.server.env())
-        storage = open_storage(url, check=False)
+        url, args, env, storage = _fault_run(lab, NANOCHAT_DOUBLE_STEP_SEC="0.1")
         proc = lab.start(args, env)
         if after_step:
             reached = wait_for(lambda: after_step in stored_checkpoints(storage, "base_checkpoints/d4").complete, proc)
@@ -100,15 +102,7 @@ def kill_9_in_training(after_step: int):
 
 
 def kill_9_during_upload(lab: Lab) -> Outcome:
-    import os
-
-    from runner.storage import open_storage
-
-    url = lab.bucket()
-    seed_s3(url, lab.server.storage_options(), lab.tmp)
-    args, env = _fault_run(lab, url, NANOCHAT_DOUBLE_STEP_SEC="0.05", NANOCHAT_DOUBLE_CKPT_MB="40")
-    os.environ.update(lab.server.env())
-    storage = open_storage(url, check=False)
+    url, args, env, storage = _fault_run(lab, NANOCHAT_DOUBLE_STEP_SEC="0.05", NANOCHAT_DOUBLE_CKPT_MB="40")
 
     def mid_upload():
         listing = storage.find("base_checkpoints/d4")
@@ -127,17 +121,10 @@ def kill_9_during_upload(lab: Lab) -> Outcome:
 
 def s3_outage(lab: Lab) -> Outcome:
     """The S3 server is away for 6 s after the first checkpoint; seconds = from the outage's start to the run's end."""
-    import os
-
     from runner.checkpoints import stored_checkpoints
-    from runner.storage import open_storage
 
     reference(lab)
-    url = lab.bucket()
-    seed_s3(url, lab.server.storage_options(), lab.tmp)
-    args, env = _fault_run(lab, url, NANOCHAT_DOUBLE_STEP_SEC="0.3")
-    os.environ.update(lab.server.env())
-    storage = open_storage(url, check=False)
+    url, args, env, storage = _fault_run(lab, NANOCHAT_DOUBLE_STEP_SEC="0.3")
     proc = lab.start(args, env)
     if not wait_for(lambda: 5 in stored_checkpoints(storage, "base_checkpoints/d4").complete, proc):
         proc.kill()
