@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from . import markers, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
-from .errors import PhaseFailed, PlanError
-from .lease import hold_model_lease
+from .errors import PhaseFailed, PlanError, RunnerError
+from .lease import LeaseLost, hold_model_lease
 from .multinode import check_nodes_match, crew_for
 from .nanochat_env import locate
 from .preseed_run import ensure_preseeded
@@ -32,6 +32,7 @@ from .rendezvous import Rendezvous
 from .resume import stage_newest_complete
 from .steps import StepRunner
 from .storage import open_storage
+from .storage_errors import StorageNotAnswering
 from .transfer import pull, push
 
 EXIT_OK = 0
@@ -295,9 +296,20 @@ class NodeAgent:
             with contextlib.suppress(OSError):  # the status may live on the disk that is full
                 ctx.status.set(state="failed", error=str(e))
             raise full from None
+        except RunnerError as e:
+            self._record_failure(e)
+            raise
         ctx.status.set(state="succeeded" if not self.ledger.eval_failures else "succeeded_with_eval_failures", phase=None, step=None, skipped=self.ledger.skipped)
         self.summary()
         return EXIT_EVAL_FAILED if self.ledger.eval_failures else EXIT_OK
+
+    def _record_failure(self, error: RunnerError) -> None:
+        """An error that ends the run (from a checkpoint upload, say) leaves the record saying so, not "running".
+        A phase that failed has already said more; a storage that does not answer would only make this wait."""
+        if isinstance(error, (LeaseLost, StorageNotAnswering)) or self.ctx.status.get("state") == "failed":
+            return
+        with contextlib.suppress(Exception):
+            self.ctx.status.set(state="failed", error=error.message.splitlines()[0])
 
     def summary(self) -> None:
         ctx = self.ctx

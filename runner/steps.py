@@ -14,6 +14,8 @@ from dataclasses import replace
 from . import shards
 from .compile_cache import EARLY_SAVE_AT_STEP, CompileCache, cache_key, probe
 from .context import RunContext, RunLedger, StepResult, say
+from .errors import RunnerError
+from .lease import LeaseLost
 from .nanochat_env import command, phase_env
 from .process import run_streamed
 from .progress import parse_line
@@ -102,15 +104,29 @@ class StepRunner:
             if cache and self.saves_cache and progress.get("step", 0) >= EARLY_SAVE_AT_STEP and not cache.saves:
                 cache.save_in_background(f"{step.name} reached step {progress['step']}")
 
+        code = None
         try:
-            return run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}",
+            code = run_streamed(argv, str(ctx.nanochat.root), env, sink, on_line, ctx.options.heartbeat_sec, f"{phase.name}/{step.name}",
                                 stop=stop)
+            return code
         finally:
             # Whatever happened to the trainer, what it completed goes to storage before we move on or stop.
             if publisher is not None:
-                status.step(phase.name, step.name, checkpoints_uploaded=publisher.stop_watching())
+                self._stop_uploads(phase, step, publisher, trainer_failed=code != 0)
             if cache and self.saves_cache:
                 self._save_compile_cache(cache, f"{step.name} ended")
+
+    def _stop_uploads(self, phase, step, publisher, trainer_failed: bool) -> None:
+        """Upload what the step completed. When the trainer failed too, its failure leads (a scratch disk that filled
+        up under both is reported by the phase, with its log): the upload's error is said, not raised in its place."""
+        try:
+            uploaded = publisher.stop_watching()
+        except RunnerError as e:
+            if not trainer_failed or isinstance(e, LeaseLost):
+                raise
+            say(f"{step.name}: checkpoint upload failed as well: {e.message.splitlines()[0]}")
+            return
+        self.ctx.status.step(phase.name, step.name, checkpoints_uploaded=uploaded)
 
     def _judge(self, phase, step, code: int, seconds: float, data_dir, sink) -> StepResult:
         status = self.ctx.status

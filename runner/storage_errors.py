@@ -24,6 +24,8 @@ S3_BAD_KEY_WORDS = ("invalidaccesskeyid", "signaturedoesnotmatch", "invalidtoken
 class StorageDiskFull(StorageError):
     """A disk (local storage or scratch) has no space left."""
 
+    exit_code = 6  # as DiskFull: a local disk is too small or filled up
+
 
 class StoragePermissionDenied(StorageError):
     """The storage (a local folder or an S3 prefix) refuses this user or key."""

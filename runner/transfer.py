@@ -73,8 +73,13 @@ class SyncState:
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(self.entries))
+                os.replace(tmp, self.path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                e.filename = e.filename or str(self.path)  # a full scratch disk is named as such, not as the storage
+                raise
 
 
 class Progress:

@@ -117,6 +117,24 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write_of_the_same_file
 
 
 @needs_root
+def test_a_full_scratch_while_the_copy_state_is_saved_names_scratch_not_the_storage(tmp_path):
+    """The checkpoint uploader saves its copy state in scratch: when scratch is full, the error says scratch, exits
+    as a full disk (6), and leaves no temporary state file."""
+    from runner.storage_errors import explain_storage_error
+
+    with small_disk(tmp_path / "scratch", 64):
+        state = SyncState(tmp_path / "scratch")
+        (tmp_path / "scratch" / "filler").write_bytes(b"\0" * 60 * 1024)
+        state.entries = {f"base_checkpoints/d4/optim_{i:06d}_rank0.pt": [1, 2, "tag"] for i in range(1000)}
+        with pytest.raises(OSError) as info:
+            state.save()
+        error = explain_storage_error(str(tmp_path / "storage"), info.value)
+        assert isinstance(error, StorageDiskFull) and error.exit_code == 6
+        assert str(tmp_path / "scratch") in error.message and str(tmp_path / "storage") not in error.message, error.message
+        assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["filler"]
+
+
+@needs_root
 def test_node_run_on_a_full_storage_disk_stops_with_the_fix_and_the_rerun_after_freeing_space_trains(tmp_path):
     """The scenario of the report: staging fills the storage disk, space is freed, the same command runs again."""
     with small_disk(tmp_path / "disk", 72) as resize:

@@ -88,7 +88,8 @@ def scratch_disk_full(lab: Lab) -> Outcome:
         again, _ = lab.node(str(store), env, "--heartbeat-sec", "1", plan=plan)
     state = json.loads((store / "_runner/runs/bench/status.json").read_text())["state"]
     return Outcome(clear and failed and again.code == 0, state != "succeeded", seconds,
-                   "" if failed else f"exit {agent.returncode}, status {status['state']!r} after the exit")
+                   "" if failed else f"exit {agent.returncode}, status {status['state']!r} after the exit; "
+                   f"output ends: {output[-400:]!r}")
 
 
 def relative_scratch(lab: Lab) -> Outcome:
