@@ -20,7 +20,7 @@ from . import markers, shards
 from .checkpoints import is_checkpoint_dir
 from .context import RunContext, RunLedger, StepResult, check_run_id, check_scratch_space, disk_full_error, say
 from .errors import PhaseFailed, PlanError, RunnerError
-from .lease import LeaseLost, hold_model_lease
+from .lease import hold_model_lease
 from .multinode import check_nodes_match, crew_for
 from .nanochat_env import locate
 from .preseed_run import ensure_preseeded
@@ -205,7 +205,7 @@ class NodeAgent:
 
     def stage_out(self, phase, publishers) -> None:
         for publisher in publishers:
-            publisher.finish()
+            publisher.publish()  # the phase has ended: what is left, then the manifests
         published = {p.rel for p in publishers}
         for rel in [*phase.makes, REPORT_DIR]:
             if rel not in published:
@@ -305,8 +305,9 @@ class NodeAgent:
 
     def _record_failure(self, error: RunnerError) -> None:
         """An error that ends the run (from a checkpoint upload, say) leaves the record saying so, not "running".
-        A phase that failed has already said more; a storage that does not answer would only make this wait."""
-        if isinstance(error, (LeaseLost, StorageNotAnswering)) or self.ctx.status.get("state") == "failed":
+        A phase that failed has already said more; a storage that does not answer would only make this wait. (A lost
+        lease never comes here: it is a PermissionError, re-raised by the OSError branch without writing.)"""
+        if isinstance(error, StorageNotAnswering) or self.ctx.status.get("state") == "failed":
             return
         with contextlib.suppress(Exception):
             self.ctx.status.set(state="failed", error=error.message.splitlines()[0])

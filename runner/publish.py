@@ -42,14 +42,9 @@ class CheckpointPublisher:
         self.uploaded += uploaded
         return uploaded
 
-    def finish(self) -> None:
-        """The phase has ended: push the folder's remaining files, then write the manifests that make them count
-        (with the other nodes' shards of each checkpoint, on several nodes)."""
-        self.publish()
-
     def publish(self) -> None:
-        """Put every whole checkpoint made so far into storage, sealed. On several nodes the leader does this before
-        it announces the phase's next step: the other nodes stage what that step loads (mid's and SFT's evaluation
+        """Put every whole checkpoint made so far into storage, sealed: when the phase's steps have ended, and on
+        several nodes also before the leader announces the phase's next step: the other nodes stage what that step loads (mid's and SFT's evaluation
         load the checkpoint their training step wrote on rank 0 only) from storage, never from the leader's disk."""
         self.stop_watching()
         push(self.ctx.storage, self.local, self.rel, self.ctx.state, log=self.log)
